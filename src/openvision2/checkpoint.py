@@ -1,0 +1,74 @@
+"""Self-contained checkpoint directories: model.safetensors + config.json + the tokenizer.
+
+Writes are atomic: a checkpoint is built in a temporary directory and renamed into place, and the
+`latest` pointer is replaced atomically, so a crash mid-save leaves the previous one usable.
+Loading never executes code (safetensors and JSON only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .models import ModelConfig, OpenVision2
+from .tokenizer import CaptionTokenizer
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+LATEST = "latest"
+
+
+def save_checkpoint(directory: str | Path, model: OpenVision2, tokenizer: CaptionTokenizer,
+                    extra: dict | None = None) -> Path:
+    """Write a checkpoint directory atomically (replacing one of the same name)."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".tmp-{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, tmp / WEIGHTS)
+    meta = {"model": model.config.to_dict(), **(extra or {})}
+    (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
+    tokenizer.save(tmp)
+    if directory.exists():
+        shutil.rmtree(directory)
+    os.replace(tmp, directory)
+    return directory
+
+
+def mark_latest(checkpoints_dir: Path, name: str) -> None:
+    tmp = checkpoints_dir / f".{LATEST}.tmp"
+    tmp.write_text(name + "\n")
+    os.replace(tmp, checkpoints_dir / LATEST)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint directory, a run's checkpoints/ directory, or a run directory."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist: pass a checkpoint or run directory")
+    for candidate in (path, path / "checkpoints"):
+        if (candidate / WEIGHTS).is_file():
+            return candidate
+        if (candidate / LATEST).is_file():
+            return candidate / (candidate / LATEST).read_text().strip()
+    raise UserError(f"no checkpoint in {path}: expected {WEIGHTS} or a checkpoints/latest pointer")
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[OpenVision2, CaptionTokenizer, dict]:
+    """(model in eval mode, tokenizer, the checkpoint's config.json) from a checkpoint or run directory."""
+    directory = resolve_checkpoint(path)
+    try:
+        meta = json.loads((directory / CONFIG).read_text())
+        state = load_file(directory / WEIGHTS, device=str(device))
+    except Exception as err:  # OSError, JSONDecodeError, SafetensorError: all mean an unreadable checkpoint
+        raise UserError(f"cannot read checkpoint {directory}: {err}") from None
+    model = OpenVision2(ModelConfig.from_dict(meta["model"]), device="meta")
+    model.load_state_dict(state, assign=True)
+    return model.to(device).eval(), CaptionTokenizer.load(directory), meta

@@ -1,0 +1,119 @@
+"""The OpenVision 2 caption decoder (SPEC §2): one pre-LN transformer over [visual; text].
+
+Kept visual tokens are projected (no bias) to the decoder width and concatenated in front of
+the text embeddings; a single stack of blocks runs over the whole sequence; only the text
+positions go through the final LayerNorm and the bias-free vocabulary head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .registry import Size
+
+DECODER_MASKS = ("causal", "prefix")
+TEXT_POSITIONS = ("none", "learned")
+_INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (SPEC §2)
+
+
+class DecoderBlock(nn.Module):
+    """LN -> self-attention (q/k/v/out with bias) -> residual; LN -> MLP (tanh GELU) -> residual."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, device=None):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width, eps=1e-6, device=device)
+        self.qkv = nn.Linear(width, 3 * width, device=device)
+        self.proj = nn.Linear(width, width, device=device)
+        self.norm2 = nn.LayerNorm(width, eps=1e-6, device=device)
+        self.fc1 = nn.Linear(width, mlp_dim, device=device)
+        self.fc2 = nn.Linear(mlp_dim, width, device=device)
+
+    def attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, length, width))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), mask)
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
+
+
+def attention_mask(num_visual: int, num_text: int, kind: str, device=None) -> torch.Tensor:
+    """Boolean [L, L] mask (True = may attend) over the [visual; text] sequence.
+
+    causal: plain causal over the whole sequence, as the released code builds it;
+    prefix: visual tokens see each other bidirectionally, text stays causal (OV1's prefix-LM).
+    """
+    length = num_visual + num_text
+    mask = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    if kind == "prefix":
+        mask[:num_visual, :num_visual] = True
+    elif kind != "causal":
+        raise UserError(f"unknown decoder mask {kind!r}: use one of {', '.join(DECODER_MASKS)}")
+    return mask
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, size: Size, vision_width: int, vocab_size: int, max_text_len: int,
+                 mask: str = "causal", text_pos: str = "none", device=None):
+        super().__init__()
+        if mask not in DECODER_MASKS:
+            raise UserError(f"unknown decoder mask {mask!r}: use one of {', '.join(DECODER_MASKS)}")
+        if text_pos not in TEXT_POSITIONS:
+            raise UserError(f"unknown text_pos {text_pos!r}: use one of {', '.join(TEXT_POSITIONS)}")
+        self.mask_kind = mask
+        self.width = size.width
+        self.token_embed = nn.Embedding(vocab_size, size.width, device=device)
+        # As released the decoder has no position embedding; learned text positions are an option.
+        self.text_pos = (nn.Parameter(torch.zeros(max_text_len, size.width, device=device))
+                         if text_pos == "learned" else None)
+        self.visual_proj = nn.Linear(vision_width, size.width, bias=False, device=device)
+        self.blocks = nn.ModuleList(DecoderBlock(size.width, size.heads, size.mlp_dim, device=device)
+                                    for _ in range(size.depth))
+        self.norm = nn.LayerNorm(size.width, eps=1e-6, device=device)
+        self.head = nn.Linear(size.width, vocab_size, bias=False, device=device)
+        if device is None or torch.device(device).type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The released initialisation (SPEC §2)."""
+        width = self.width
+        out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.visual_proj.weight, std=self.visual_proj.in_features ** -0.5)
+        if self.text_pos is not None:
+            nn.init.normal_(self.text_pos, std=0.01)
+        for block in self.blocks:
+            nn.init.normal_(block.qkv.weight, std=width ** -0.5)
+            nn.init.normal_(block.proj.weight, std=out_std)
+            nn.init.normal_(block.fc1.weight, std=(2 * width) ** -0.5)
+            nn.init.normal_(block.fc2.weight, std=out_std)
+            for linear in (block.qkv, block.proj, block.fc1, block.fc2):
+                nn.init.zeros_(linear.bias)
+            for norm in (block.norm1, block.norm2):
+                nn.init.ones_(norm.weight)
+                nn.init.zeros_(norm.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        nn.init.normal_(self.head.weight, std=width ** -0.5)
+
+    def forward(self, visual: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
+        """visual [B, K, D_img], text_ids [B, T] -> logits [B, T, vocab] at the text positions."""
+        num_visual, num_text = visual.shape[1], text_ids.shape[1]
+        text = self.token_embed(text_ids)
+        if self.text_pos is not None:
+            text = text + self.text_pos[:num_text]
+        projected = self.visual_proj(visual)
+        x = torch.cat([projected, text.to(projected.dtype)], dim=1)
+        mask = attention_mask(num_visual, num_text, self.mask_kind, device=x.device)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x[:, num_visual:]))

@@ -1,0 +1,96 @@
+"""The OpenVision ViT encoder (SPEC §1.2), as a subclass of timm's VisionTransformer.
+
+Being timm's class keeps timm's state-dict keys and its model API (forward_features,
+forward_head, forward_intermediates, set_grad_checkpointing, ...). What differs from a stock
+timm ViT is only what SPEC §1.2 fixes:
+- a bias-free patch convolution;
+- a fixed 2-D sin-cos position table (MoCo-v3 ordering, zero CLS row), recomputed for whatever
+  grid the input has, so it is not a parameter and any resolution works without resampling;
+- the JAX initialisation.
+The rest is timm configured as the paper's ViT: CLS token, no pre-norm, LayerNorm eps 1e-6,
+exact GELU, pooled = LayerNorm(mean of patch tokens), tokens without a final LayerNorm.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+from torch import nn
+from timm.layers import Mlp, PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
+
+from .posemb import sincos_2d_with_cls
+from .registry import parse_encoder_name
+
+
+class BiasFreePatchEmbed(PatchEmbed):
+    """timm gives the patch conv a bias unless pre_norm is on; OpenVision's has none."""
+
+    def __init__(self, *args, bias: bool = True, **kwargs):
+        super().__init__(*args, bias=False, **kwargs)
+
+
+def _mlp_with_exact_width(hidden: int):
+    """timm sizes the MLP as int(dim * mlp_ratio); pin the width so e.g. So400m gets 4304 exactly."""
+
+    def build(in_features, hidden_features=None, **kwargs):
+        return Mlp(in_features, hidden_features=hidden, **kwargs)
+
+    return build
+
+
+class OpenVisionViT(VisionTransformer):
+    """ViT returning (pooled, patch_tokens) from forward_tokens; forward() gives the pooled feature."""
+
+    def __init__(self, *, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
+                 mlp_dim: int, device=None):
+        super().__init__(
+            img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+            mlp_layer=_mlp_with_exact_width(mlp_dim), num_classes=0, global_pool="avg", fc_norm=True,
+            class_token=True, pos_embed="none", pre_norm=False, dynamic_img_size=True,
+            embed_layer=BiasFreePatchEmbed, norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU,
+            weight_init="skip", device=device,
+        )
+        self.mlp_dim = mlp_dim
+        if self.cls_token.device.type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The JAX initialisation of SPEC §1.2 (timm's 'skip' mode leaves tensors uninitialised)."""
+        nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=math.sqrt(5))
+        for block in self.blocks:
+            nn.init.normal_(block.attn.qkv.weight, std=0.02)
+            nn.init.normal_(block.attn.proj.weight, std=0.02)
+            nn.init.normal_(block.mlp.fc1.weight, std=0.02)
+            # variance_scaling(0.3072, fan_out, truncated normal): 0.8796 corrects the truncation at 2 std.
+            std = math.sqrt(0.3072 / block.mlp.fc2.weight.shape[0]) / 0.87962566103423978
+            nn.init.trunc_normal_(block.mlp.fc2.weight, std=std, a=-2 * std, b=2 * std)
+            for linear in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+                nn.init.zeros_(linear.bias)
+        for module in self.modules():
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        # x is NHWC (dynamic_img_size): the grid is known here, so the table is built for it.
+        batch, grid_h, grid_w, dim = x.shape
+        table = sincos_2d_with_cls(grid_h, grid_w, dim).to(device=x.device, dtype=x.dtype)
+        x = torch.cat([self.cls_token.expand(batch, -1, -1).to(x.dtype), x.reshape(batch, -1, dim)], dim=1)
+        return x + table
+
+    def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled [B, D], patch tokens [B, N, D]); CLS dropped from both, no LayerNorm on the tokens."""
+        tokens = self.forward_features(images)[:, self.num_prefix_tokens:]
+        return self.fc_norm(tokens.mean(dim=1)), tokens
+
+
+def create_encoder(name: str, img_size: int = 224, device=None) -> OpenVisionViT:
+    """Build an encoder by name, e.g. create_encoder("L/14", 224) or create_encoder("S/16")."""
+    size, patch = parse_encoder_name(name)
+    return OpenVisionViT(img_size=img_size, patch_size=patch, embed_dim=size.width, depth=size.depth,
+                         num_heads=size.heads, mlp_dim=size.mlp_dim, device=device)
