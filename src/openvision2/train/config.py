@@ -12,6 +12,7 @@ from ..models import ModelConfig
 @dataclass
 class TrainConfig:
     # --- model (SPEC §1-3) ---
+    method: str = "openvision2"
     encoder: str = "L/14"
     decoder: str = "L"
     image_size: int = 224

@@ -14,11 +14,11 @@ from ..checkpoint import mark_latest, save_checkpoint
 from ..data.build import CaptionCollate, build_dataset, endless_batches, fixed_batch
 from ..errors import UserError
 from ..generate import greedy_caption
-from ..models import OpenVision2
 from ..precision import autocast, resolve_precision
 from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
 from .config import TrainConfig
+from .factory import build_model
 from .optim import build_optimizer, warmup_cosine
 
 
@@ -30,8 +30,14 @@ def build_tokenizer(config: TrainConfig, train_set) -> CaptionTokenizer:
     raise UserError(f"unknown tokenizer {config.tokenizer!r}: use wordpiece or bpe")
 
 
+def model_inputs(batch: dict, device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
+    """The batch's tensors other than the images (caption tokens, and whatever else a method needs)."""
+    return {k: v[rows].to(device, non_blocking=True) for k, v in batch.items()
+            if isinstance(v, torch.Tensor) and k != "images"}
+
+
 @torch.no_grad()
-def evaluate_loss(model: OpenVision2, batch: dict, device, dtype, chunk: int = 64) -> float:
+def evaluate_loss(model, batch: dict, device, dtype, chunk: int = 64) -> float:
     """Held-out caption loss (token mean), in eval mode: the decoder sees every visual token."""
     was_training = model.training
     model.eval()
@@ -39,7 +45,7 @@ def evaluate_loss(model: OpenVision2, batch: dict, device, dtype, chunk: int = 6
     for start in range(0, len(batch["images"]), chunk):
         images = normalize(batch["images"][start:start + chunk].to(device))
         with autocast(device, dtype):
-            out = model(images, batch["captions"][start:start + chunk].to(device))
+            out = model(images, **model_inputs(batch, device, slice(start, start + chunk)))
         nll, count = nll + out["nll_sum"].item(), count + out["num_tokens"].item()
     model.train(was_training)
     return nll / max(count, 1)
@@ -73,7 +79,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
     train_set = build_dataset(config.dataset, "train", config.train_samples, config.image_size, config.seed)
     val_set = build_dataset(config.dataset, "val", config.val_samples, config.image_size, config.seed)
     tokenizer = build_tokenizer(config, train_set)
-    model = OpenVision2(config.model_config(tokenizer.vocab_size, tokenizer.pad_id)).to(device)
+    model = build_model(config, tokenizer).to(device)
     optimizer = build_optimizer(model, config.peak_lr, config.weight_decay, (config.beta1, config.beta2), config.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps))
@@ -106,7 +112,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> di
         batch = next(batches)
         images = normalize(batch["images"].to(device, non_blocking=True))
         with autocast(device, dtype):
-            out = model(images, batch["captions"].to(device, non_blocking=True))
+            out = model(images, **model_inputs(batch, device))
         (out["loss"] * config.caption_loss_weight).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         optimizer.step()
