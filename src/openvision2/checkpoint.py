@@ -17,16 +17,17 @@ from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 from .models import ModelConfig, OpenVision2
-from .tokenizer import CaptionTokenizer
+from .tokenizer import CONFIG_FILE as TOKENIZER_CONFIG, CaptionTokenizer
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 LATEST = "latest"
 
 
-def save_checkpoint(directory: str | Path, model: OpenVision2, tokenizer: CaptionTokenizer,
+def save_checkpoint(directory: str | Path, model: OpenVision2, tokenizer: CaptionTokenizer | None,
                     extra: dict | None = None) -> Path:
-    """Write a checkpoint directory atomically (replacing one of the same name)."""
+    """Write a checkpoint directory atomically (replacing one of the same name). tokenizer may be
+    None only for an encoder-only model (ModelConfig.decoder == "none", e.g. `ov2 import`)."""
     directory = Path(directory)
     tmp = directory.with_name(f".tmp-{directory.name}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -35,7 +36,8 @@ def save_checkpoint(directory: str | Path, model: OpenVision2, tokenizer: Captio
     save_file(state, tmp / WEIGHTS)
     meta = {"model": model.config.to_dict(), **(extra or {})}
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-    tokenizer.save(tmp)
+    if tokenizer is not None:
+        tokenizer.save(tmp)
     if directory.exists():
         shutil.rmtree(directory)
     os.replace(tmp, directory)
@@ -71,4 +73,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise UserError(f"cannot read checkpoint {directory}: {err}") from None
     model = OpenVision2(ModelConfig.from_dict(meta["model"]), device="meta")
     model.load_state_dict(state, assign=True)
-    return model.to(device).eval(), CaptionTokenizer.load(directory), meta
+    # An encoder-only checkpoint (decoder "none", from `ov2 import`) may come without a tokenizer.
+    has_tokenizer = model.decoder is not None or (directory / TOKENIZER_CONFIG).is_file()
+    return model.to(device).eval(), CaptionTokenizer.load(directory) if has_tokenizer else None, meta
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(encoder in eval mode, the checkpoint's config.json) from any checkpoint, full or encoder-only."""
+    model, _, meta = load_checkpoint(path, device)
+    return model.encoder, meta

@@ -1,31 +1,51 @@
-"""ov2 train --preset NAME --out DIR [--steps N] [key=value ...]"""
+"""ov2 train --preset NAME --out DIR [--steps N] [--resume] [key=value ...]
+   ov2 train --recipe NAME --out DIR [key=value ...]      (all curriculum stages, resumable)
+
+On several processes: torchrun --standalone --nproc_per_node=N -m openvision2.cli train ... (or
+`torchrun ... $(which ov2) train ...`); see docs/DISTRIBUTED.md for multi-node and SLURM."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 
 NAME = "train"
-HELP = "train a model from a named preset, with key=value overrides of any preset field"
+HELP = "train a model from a named preset (or all stages of a recipe), with key=value overrides"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="tiny-cpu", help="named preset (default: tiny-cpu; see --list)")
+    parser.add_argument("--recipe", help="run every stage of a resolution-curriculum recipe into OUT/stage-*/ "
+                                         "(see --list); finished stages are skipped, the current one resumes")
     parser.add_argument("--out", default="runs/tiny-cpu", help="run directory (metrics, checkpoints)")
     parser.add_argument("--steps", type=int, help="number of optimizer steps (overrides the preset)")
-    parser.add_argument("--list", action="store_true", help="list presets and exit")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/checkpoints/latest (model, optimizer, schedule, data position, RNG)")
+    parser.add_argument("--list", action="store_true", help="list presets and recipes and exit")
     parser.add_argument("--list-keys", action="store_true", help="print the preset's fields and values and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a preset field")
 
 
 def run(args) -> int:
+    from ..errors import UserError
     from ..train.config import apply_overrides
     from ..train.presets import PRESETS, get_preset
+    from ..train.recipes import RECIPE_HELP, RECIPES
 
     if args.list:
         for name, fn in PRESETS.items():
             print(f"{name}: {' '.join(fn.__doc__.split())}")
+        for name in RECIPES:
+            print(f"recipe {name}: {RECIPE_HELP[name]}")
         return 0
+    if args.recipe:
+        if args.list_keys:
+            raise UserError("--list-keys shows a preset; a recipe's stages are in openvision2/train/recipes.py")
+        from ..train.recipes import get_recipe, run_recipe
+
+        get_recipe(args.recipe)  # an unknown name fails before any process group starts
+        return _distributed(lambda: run_recipe(args.recipe, args.out, args.overrides, args.steps,
+                                               progress=not args.no_progress))
     config = apply_overrides(get_preset(args.preset), args.overrides)
     if args.steps is not None:
         config.steps = args.steps
@@ -35,5 +55,16 @@ def run(args) -> int:
         return 0
     from ..train.loop import train
 
-    train(config, args.out, progress=not args.no_progress)
+    return _distributed(lambda: train(config, args.out, progress=not args.no_progress, resume=args.resume))
+
+
+def _distributed(job) -> int:
+    """Run the job, then leave the process group (if torchrun gave one) cleanly."""
+    import torch.distributed as dist
+
+    try:
+        job()
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     return 0

@@ -44,6 +44,18 @@ class DecoderBlock(nn.Module):
         x = x + self.attention(self.norm1(x), mask)
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
 
+    def forward_cached(self, x: torch.Tensor, mask: torch.Tensor | None,
+                       past: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, tuple]:
+        """forward() for new positions x that also attend to the cached keys/values of earlier ones;
+        returns the output and the keys/values of all positions so far ([B, heads, L, head_dim])."""
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + self.proj(out.transpose(1, 2).reshape(batch, length, width))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh")), (k, v)
+
 
 def attention_mask(num_visual: int, num_text: int, kind: str, device=None) -> torch.Tensor:
     """Boolean [L, L] mask (True = may attend) over the [visual; text] sequence.
@@ -105,15 +117,66 @@ class CaptionDecoder(nn.Module):
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(self.head.weight, std=width ** -0.5)
 
-    def forward(self, visual: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
-        """visual [B, K, D_img], text_ids [B, T] -> logits [B, T, vocab] at the text positions."""
+    def forward(self, visual: torch.Tensor, text_ids: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """visual [B, K, D_img], text_ids [B, T] -> logits [B, T, vocab] at the text positions.
+
+        attn_mask (bool, [K+T, K+T] or [B, 1, K+T, K+T], True = may attend) replaces the configured
+        mask, e.g. for CapPa's parallel prediction (models/cappa.py)."""
         num_visual, num_text = visual.shape[1], text_ids.shape[1]
         text = self.token_embed(text_ids)
         if self.text_pos is not None:
             text = text + self.text_pos[:num_text]
         projected = self.visual_proj(visual)
         x = torch.cat([projected, text.to(projected.dtype)], dim=1)
-        mask = attention_mask(num_visual, num_text, self.mask_kind, device=x.device)
+        mask = (attention_mask(num_visual, num_text, self.mask_kind, device=x.device)
+                if attn_mask is None else attn_mask)
         for block in self.blocks:
             x = block(x, mask)
         return self.head(self.norm(x[:, num_visual:]))
+
+    def forward_cached(self, text_ids: torch.Tensor, cache: "KVCache | None" = None,
+                       visual: torch.Tensor | None = None) -> tuple[torch.Tensor, "KVCache"]:
+        """Incremental decoding with a key/value cache; gives forward()'s logits for the same sequence.
+
+        Without a cache: runs visual [B, K, D_img] and text_ids [B, T] (T may be 0) and returns
+        their text logits and a cache of every position. With one: runs only the new text_ids
+        [B, T] after the cached positions, which they all see (and, causally, each other).
+        """
+        num_new = text_ids.shape[1]
+        offset = 0 if cache is None else cache.num_text
+        text = self.token_embed(text_ids)
+        if self.text_pos is not None:
+            text = text + self.text_pos[offset:offset + num_new]
+        if cache is None:
+            projected = self.visual_proj(visual)
+            x = torch.cat([projected, text.to(projected.dtype)], dim=1)
+            mask = attention_mask(visual.shape[1], num_new, self.mask_kind, device=x.device)
+            past = [None] * len(self.blocks)
+        else:
+            x, past = text, cache.layers
+            # one new token sees everything (no mask needed); several see the cache plus a causal block
+            mask = None if num_new == 1 else torch.cat(
+                [torch.ones(num_new, cache.length, dtype=torch.bool, device=x.device),
+                 torch.ones(num_new, num_new, dtype=torch.bool, device=x.device).tril()], dim=1)
+        layers = []
+        for block, kv in zip(self.blocks, past):
+            x, kv = block.forward_cached(x, mask, kv)
+            layers.append(kv)
+        return self.head(self.norm(x[:, x.shape[1] - num_new:])), KVCache(layers, offset + num_new)
+
+
+class KVCache:
+    """Keys and values of every decoder layer for the positions run so far (visual prefix, then
+    text), each [B, heads, length, head_dim], so a new token costs one position's work."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], num_text: int):
+        self.layers, self.num_text = layers, num_text
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].shape[2]
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """The cache of the given batch rows (reorders beams; repeats one image's prefix for many prompts)."""
+        return KVCache([(k.index_select(0, rows), v.index_select(0, rows)) for k, v in self.layers], self.num_text)

@@ -14,6 +14,8 @@ from .masking import check_keep_ratio, keep_random_tokens
 from .registry import decoder_size
 from .vit import create_encoder
 
+NO_DECODER = "none"  # ModelConfig.decoder for an encoder-only model
+
 
 @dataclass
 class ModelConfig:
@@ -28,6 +30,10 @@ class ModelConfig:
     vocab_size: int = 32000
     text_len: int = 128  # caption sequence length including the trailing [CLS] (SPEC §3.2)
     pad_id: int = 0
+    # Encoder options beyond the paper (default = the paper's ViT): a LayerNorm before the blocks
+    # (what HF CLIPVisionModel / LLaVA-1.5 need) and no CLS token (what SiglipVisionModel needs).
+    pre_norm: bool = False
+    class_token: bool = True
 
     def __post_init__(self):
         check_keep_ratio(self.keep_ratio)
@@ -59,9 +65,17 @@ class OpenVision2(nn.Module):
     def __init__(self, config: ModelConfig, device=None):
         super().__init__()
         self.config = config
-        self.encoder = create_encoder(config.encoder, config.image_size, device=device)
-        self.decoder = CaptionDecoder(decoder_size(config.decoder), self.encoder.embed_dim, config.vocab_size,
-                                      config.text_len - 1, config.decoder_mask, config.text_pos, device=device)
+        self.encoder = create_encoder(config.encoder, config.image_size, device=device,
+                                      pre_norm=config.pre_norm, class_token=config.class_token)
+        # decoder "none": an encoder-only model, e.g. imported from the released vision-only weights.
+        self.decoder = None if config.decoder == NO_DECODER else CaptionDecoder(
+            decoder_size(config.decoder), self.encoder.embed_dim, config.vocab_size,
+            config.text_len - 1, config.decoder_mask, config.text_pos, device=device)
+
+    def require_decoder(self) -> None:
+        if self.decoder is None:
+            raise UserError("this checkpoint holds an encoder only (e.g. imported vision-only weights): "
+                            "it cannot caption or compute the caption loss; train one with a decoder")
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images [B, 3, H, W] -> (pooled [B, D], patch tokens [B, N, D])."""
@@ -77,6 +91,7 @@ class OpenVision2(nn.Module):
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Caption loss. Returns the token-mean loss plus its parts (nll_sum, num_tokens), so callers
         can normalise by a count taken over several micro-batches or ranks instead."""
+        self.require_decoder()
         inputs, targets, mask = caption_targets(captions, self.config.pad_id)
         logits = self.decoder(self.visual_prefix(images), inputs)
         nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")

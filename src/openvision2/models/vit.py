@@ -21,7 +21,7 @@ from torch import nn
 from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
-from .posemb import sincos_2d_with_cls
+from .posemb import sincos_2d, sincos_2d_with_cls
 from .registry import parse_encoder_name
 
 
@@ -45,22 +45,26 @@ class OpenVisionViT(VisionTransformer):
     """ViT returning (pooled, patch_tokens) from forward_tokens; forward() gives the pooled feature."""
 
     def __init__(self, *, img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int,
-                 mlp_dim: int, device=None):
+                 mlp_dim: int, pre_norm: bool = False, class_token: bool = True, device=None):
+        # pre_norm (a LayerNorm after the position embedding, as CLIP's ln_pre) and class_token=False
+        # (SigLIP-style, no CLS) are options beyond the paper, for towers that HF CLIPVisionModel /
+        # SiglipVisionModel can express exactly; the defaults are the paper's ViT.
         super().__init__(
             img_size=img_size, patch_size=patch_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
             mlp_layer=_mlp_with_exact_width(mlp_dim), num_classes=0, global_pool="avg", fc_norm=True,
-            class_token=True, pos_embed="none", pre_norm=False, dynamic_img_size=True,
+            class_token=class_token, pos_embed="none", pre_norm=pre_norm, dynamic_img_size=True,
             embed_layer=BiasFreePatchEmbed, norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU,
             weight_init="skip", device=device,
         )
         self.mlp_dim = mlp_dim
-        if self.cls_token.device.type != "meta":
+        if self.patch_embed.proj.weight.device.type != "meta":
             self.reset_parameters()
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """The JAX initialisation of SPEC §1.2 (timm's 'skip' mode leaves tensors uninitialised)."""
-        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
         nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=math.sqrt(5))
         for block in self.blocks:
             nn.init.normal_(block.attn.qkv.weight, std=0.02)
@@ -79,8 +83,11 @@ class OpenVisionViT(VisionTransformer):
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         # x is NHWC (dynamic_img_size): the grid is known here, so the table is built for it.
         batch, grid_h, grid_w, dim = x.shape
+        x = x.reshape(batch, -1, dim)
+        if self.cls_token is None:  # no CLS: no zero row either
+            return x + sincos_2d(grid_h, grid_w, dim).to(device=x.device, dtype=x.dtype)
         table = sincos_2d_with_cls(grid_h, grid_w, dim).to(device=x.device, dtype=x.dtype)
-        x = torch.cat([self.cls_token.expand(batch, -1, -1).to(x.dtype), x.reshape(batch, -1, dim)], dim=1)
+        x = torch.cat([self.cls_token.expand(batch, -1, -1).to(x.dtype), x], dim=1)
         return x + table
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +96,10 @@ class OpenVisionViT(VisionTransformer):
         return self.fc_norm(tokens.mean(dim=1)), tokens
 
 
-def create_encoder(name: str, img_size: int = 224, device=None) -> OpenVisionViT:
+def create_encoder(name: str, img_size: int = 224, device=None, *, pre_norm: bool = False,
+                   class_token: bool = True) -> OpenVisionViT:
     """Build an encoder by name, e.g. create_encoder("L/14", 224) or create_encoder("S/16")."""
     size, patch = parse_encoder_name(name)
     return OpenVisionViT(img_size=img_size, patch_size=patch, embed_dim=size.width, depth=size.depth,
-                         num_heads=size.heads, mlp_dim=size.mlp_dim, device=device)
+                         num_heads=size.heads, mlp_dim=size.mlp_dim, pre_norm=pre_norm,
+                         class_token=class_token, device=device)

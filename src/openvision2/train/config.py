@@ -20,6 +20,14 @@ class TrainConfig:
     decoder_mask: str = "causal"
     text_pos: str = "none"
     text_len: int = 128
+    # encoder options beyond the paper: pre_norm=true for an HF CLIPVisionModel (LLaVA-1.5) export,
+    # class_token=false for a SiglipVisionModel export (`ov2 export --format hf-clip|hf-siglip`)
+    pre_norm: bool = False
+    class_token: bool = True
+    # --- baselines: method=openvision1 (SPEC §6) and method=cappa (SPEC §5.3, §10.1) ---
+    text_encoder: str = ""  # OpenVision 1's text encoder size; empty = the decoder's size
+    alt_text_len: int = 80  # OpenVision 1's alt-text / sub-caption length, [CLS] included
+    parallel_prob: float = 0.0  # CapPa: share of examples predicted in parallel from [MASK] inputs
     # --- tokenizer: "wordpiece" (OpenVision's BERT ids, 32k head) or "bpe" (trained on the captions) ---
     tokenizer: str = "wordpiece"
     tokenizer_path: str = ""  # a BERT vocab.txt / tokenizer.json; empty = the bundled one
@@ -29,6 +37,14 @@ class TrainConfig:
     train_samples: int = 100_000  # size of the embedded dataset's train split
     val_samples: int = 256  # held-out images for the validation loss and the printed captions
     num_workers: int = 1
+    # --- WebDataset shards (dataset=shards; `ov2 shards` writes them; data/shards.py) ---
+    train_shards: str = ""  # "data/train-{000000..000099}.tar", a directory, or weighted "a-{0..9}.tar@0.7;b.tar@0.3"
+    val_shards: str = ""  # held-out shards: the first val_samples of them, in order, resized
+    caption_key: str = "txt"  # a member (txt) or a json key (re_caption); a list field gives one caption per visit
+    alt_caption_key: str = ""  # the alt-text for methods that use one (e.g. org_caption); empty = the caption
+    shuffle_buffer: int = 10_000  # samples shuffled together (SPEC §4.1 uses 250 000)
+    sample_with_replacement: bool = False  # draw shards at random instead of epoch permutations
+    max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (PIL's limit)
     # --- optimisation (SPEC §4.4, §4.5) ---
     batch_size: int = 256
     steps: int = 1000
@@ -47,6 +63,21 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 2
     show_captions: int = 8  # held-out images printed with their captions at the end
+    # --- evaluations every eval_every steps and at the end (eval/periodic.py run_evals) ---
+    evals: str = "zeroshot,captions"  # comma list of zeroshot, captions, probe; empty = none
+    eval_images: int = 256  # held-out images per evaluation (probes train on twice as many)
+    eval_task: str = ""  # zero-shot/probe task; empty = the dataset's (synthetic-object); or fashion-mnist
+    eval_shards: str = ""  # Fashion-MNIST shard directory for eval_task=fashion-mnist; empty = val_shards' directory
+    # --- scale-out (torchrun): wrapping, accumulation, initialisation, faults ---
+    parallel: str = "auto"  # "auto" (ddp with >1 rank, else none), "none", "ddp" or "fsdp" (FSDP2 per block)
+    grad_accum: int = 1  # micro-batches per step and rank; batch_size stays the global batch
+    activation_checkpointing: str = "none"  # "none", "full" or "selective" (keeps matmul outputs), per block
+    compile: bool = False  # torch.compile each transformer block
+    meta_init: bool = False  # build on the meta device, shard, then initialise (1B+ models under FSDP)
+    init_from: str = ""  # checkpoint or run directory whose weights start this run (next curriculum stage)
+    max_bad_steps: int = 20  # consecutive steps with a NaN/inf loss or gradient before the run stops
+    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = known GPUs only
+    tensorboard: bool = True  # also log to out/tensorboard
 
     @property
     def peak_lr(self) -> float:
@@ -55,7 +86,8 @@ class TrainConfig:
     def model_config(self, vocab_size: int, pad_id: int) -> ModelConfig:
         return ModelConfig(encoder=self.encoder, decoder=self.decoder, image_size=self.image_size,
                            keep_ratio=self.keep_ratio, decoder_mask=self.decoder_mask, text_pos=self.text_pos,
-                           vocab_size=vocab_size, text_len=self.text_len, pad_id=pad_id)
+                           vocab_size=vocab_size, text_len=self.text_len, pad_id=pad_id,
+                           pre_norm=self.pre_norm, class_token=self.class_token)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,25 +1,44 @@
-"""`ov2 train`: the single-process training loop (data -> model -> loss -> AdamW -> metrics/checkpoints)."""
+"""`ov2 train`: data -> model -> loss -> AdamW -> metrics/checkpoints, on one process or under torchrun.
+
+One step = `grad_accum` micro-batches per rank. The objective is the token mean of the caption loss
+over the whole global batch (SPEC §3.4): each micro-batch backpropagates its summed token loss times
+world_size / (global token count, all-reduced before the forward), which DDP's and FSDP's gradient
+averaging turns into exactly that mean; 1 rank x 4 micro-batches and 2 ranks x 2 give the same
+gradients. A method whose loss has parts besides the token mean (OpenVision 1's contrastive loss)
+gets those parts averaged over micro-batches and ranks.
+
+The random visual-token masks are drawn from a seed of (run seed, step, global micro-batch index),
+so a run's randomness does not depend on how many ranks share the batch, and a resume replays it.
+
+Hooks for further work go where the comments `# hook:` say (periodic evaluations, data counters).
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import mark_latest, save_checkpoint
-from ..data.build import CaptionCollate, build_dataset, endless_batches, fixed_batch
+from ..data.build import CaptionCollate, build_dataset, fixed_batch
+from ..data.resumable import ResumableBatches
 from ..errors import UserError
 from ..generate import greedy_caption
+from ..models.openvision2 import caption_targets
 from ..precision import autocast, resolve_precision
 from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
+from . import state as ckpt
 from .config import TrainConfig
+from .distributed import World, all_reduce_sum, barrier, init_world
 from .factory import build_model
+from .faults import BadStepGuard, PreemptionFlag
+from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
+from .parallel import (ACTIVATION_CHECKPOINTING, initialize_weights, no_gradient_sync, parallelize,
+                       resolve_parallel, unwrap)
 
 
 def build_tokenizer(config: TrainConfig, train_set) -> CaptionTokenizer:
@@ -51,95 +70,223 @@ def evaluate_loss(model, batch: dict, device, dtype, chunk: int = 64) -> float:
     return nll / max(count, 1)
 
 
-class MetricsLog:
-    def __init__(self, path: Path):
-        self.file = path.open("a")
-
-    def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-
-
-def check_config(config: TrainConfig) -> None:
-    for key in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "val_samples", "train_samples"):
+def check_config(config: TrainConfig, world: World) -> None:
+    for key in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "val_samples", "train_samples",
+                "grad_accum", "max_bad_steps"):
         if getattr(config, key) < 1:
             raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
     if config.keep_checkpoints < 1:
         raise UserError(f"keep_checkpoints must be at least 1, got {config.keep_checkpoints}")
+    if config.batch_size % (world.world_size * config.grad_accum):
+        raise UserError(f"batch_size {config.batch_size} (the global batch) must be divisible by "
+                        f"{world.world_size} ranks x grad_accum {config.grad_accum}")
+    if config.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+        raise UserError(f"unknown activation_checkpointing {config.activation_checkpointing!r}: "
+                        f"use one of {', '.join(ACTIVATION_CHECKPOINTING)}")
 
 
-def train(config: TrainConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Train from scratch into out_dir; returns a summary (first/last held-out loss, captions)."""
-    check_config(config)
-    out_dir = Path(out_dir)
-    torch.manual_seed(config.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# A model returning only these is trained on the caption token mean alone (OpenVision 2, CapPa).
+PURE_CAPTION_OUTPUTS = {"loss", "nll_sum", "num_tokens"}
+
+
+def micro_seed(seed: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + step) * 65_537 + micro
+
+
+def loss_tokens(batch: dict, pad_id: int) -> int:
+    """Caption tokens that count in the loss: the same mask the models use (SPEC §3.3)."""
+    return int(caption_targets(batch["captions"], pad_id)[2].sum())
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def grad_norm(model) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
+    """Train into out_dir (from scratch, from config.init_from's weights, or, with resume=True, from
+    out_dir's latest checkpoint); returns a summary (first/last held-out loss, captions, ...)."""
+    world = init_world()
+    check_config(config, world)
+    out_dir, device = Path(out_dir), world.device
+    checkpoints = out_dir / "checkpoints"
     dtype = resolve_precision(config.precision, device)
+    parallel = resolve_parallel(config.parallel, world.world_size)
+    log = print if world.is_main else (lambda *a, **k: None)
+    # torchrun's elastic agent restarts failed workers: they pick the run up where it was saved.
+    resume = resume or world.restart_count > 0
+    resume_from = ckpt.latest_checkpoint(checkpoints) if resume else None
+    if resume and resume_from is None:
+        log(f"no checkpoint in {checkpoints} yet: starting from scratch", flush=True)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoints.is_dir():
+            ckpt.clean_partial_saves(checkpoints)
+    barrier(world)
 
+    torch.manual_seed(config.seed)
     train_set = build_dataset(config.dataset, "train", config.train_samples, config.image_size, config.seed)
     val_set = build_dataset(config.dataset, "val", config.val_samples, config.image_size, config.seed)
-    tokenizer = build_tokenizer(config, train_set)
-    model = build_model(config, tokenizer).to(device)
-    optimizer = build_optimizer(model, config.peak_lr, config.weight_decay, (config.beta1, config.beta2), config.eps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, config.warmup_steps, config.steps))
-    collate = CaptionCollate(tokenizer, config.text_len)
-    val_batch = fixed_batch(val_set, collate, config.val_samples)
+    source = resume_from or (config.init_from and ckpt.resolve_checkpoint(config.init_from))
+    tokenizer = CaptionTokenizer.load(source) if source else build_tokenizer(config, train_set)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
-    checkpoints = out_dir / "checkpoints"
+    # --- model: built (on meta for 1B+ models), wrapped in one place, then initialised ---
+    model = build_model(config, tokenizer, device="meta" if config.meta_init else None)
+    if not config.meta_init:
+        model.to(device)
+    wrapped = parallelize(model, parallel, activation_checkpointing=config.activation_checkpointing,
+                          compile=config.compile, param_dtype=dtype, device=device)
+    if config.meta_init:
+        model.to_empty(device=device)
+        initialize_weights(model)
+    if config.init_from and resume_from is None:
+        ckpt.load_weights_from(config.init_from, wrapped)
+    optimizer = build_optimizer(model, config.peak_lr, config.weight_decay, (config.beta1, config.beta2), config.eps)
+
+    collate = CaptionCollate(tokenizer, config.text_len, getattr(model, "batch_fields", ()),
+                             getattr(config, "alt_text_len", 80))
+    batches = ResumableBatches(train_set, config.batch_size, collate, rank=world.rank, world_size=world.world_size,
+                               micro_batches=config.grad_accum, num_workers=config.num_workers, seed=config.seed)
+    val_batch = fixed_batch(val_set, collate, config.val_samples)
+    # FSDP's forward must run on every rank; the plain module serves evaluation otherwise.
+    eval_model = wrapped if parallel == "fsdp" else unwrap(wrapped)
+
+    start_step, first_val, guard = 0, None, BadStepGuard(config.max_bad_steps)
+    if resume_from is not None:
+        saved = ckpt.load_training_state(resume_from, wrapped, optimizer, world)
+        start_step, first_val = saved["step"], saved.get("first_val_loss")
+        batches.load_state_dict(saved["loader"])
+        guard.skipped = saved.get("skipped_steps", 0)
+        log(f"resumed from {resume_from} at step {start_step}", flush=True)
+
+    metrics = None
+    if world.is_main:
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        metrics = MetricsLog(out_dir, config.tensorboard, config.to_dict())
     params = sum(p.numel() for p in model.parameters())
-    print(f"model {config.encoder} + decoder {config.decoder}: {params / 1e6:.2f}M parameters; "
-          f"{config.tokenizer} vocab {tokenizer.vocab_size}; {str(dtype).removeprefix('torch.')} on {device}; "
-          f"peak lr {config.peak_lr:.3g}", flush=True)
+    where = f"{device}" if world.world_size == 1 else f"{world.world_size} x {device.type} ({parallel})"
+    log(f"model {config.encoder} + decoder {config.decoder}: {params / 1e6:.2f}M parameters; "
+        f"{config.tokenizer} vocab {tokenizer.vocab_size}; {str(dtype).removeprefix('torch.')} on {where}; "
+        f"peak lr {config.peak_lr:.3g}", flush=True)
+
+    model_config = unwrap(model).config.to_dict()
+    last_saved = str(resume_from) if resume_from else None
 
     def save(step: int) -> None:
-        name = f"step-{step:07d}"
-        save_checkpoint(checkpoints / name, model, tokenizer, {"step": step, "train": config.to_dict()})
-        mark_latest(checkpoints, name)
-        for old in sorted(checkpoints.glob("step-*"))[:-config.keep_checkpoints]:
-            shutil.rmtree(old)
+        nonlocal last_saved
+        train_state = {"step": step, "loader": batches.state_dict(), "first_val_loss": first_val,
+                       "skipped_steps": guard.skipped, "lr_schedule": {"peak_lr": config.peak_lr,
+                       "warmup_steps": config.warmup_steps, "total_steps": config.steps}}
+        path = ckpt.save_training_state(checkpoints, step, wrapped, optimizer, tokenizer, model_config, train_state,
+                                        {"train": config.to_dict()}, world, config.keep_checkpoints)
+        last_saved = str(path)
 
-    first_val = evaluate_loss(model, val_batch, device, dtype)
-    metrics.write({"step": 0, "val_loss": first_val})
-    batches = endless_batches(train_set, config.batch_size, collate, config.num_workers, config.seed)
-    bar = tqdm(range(1, config.steps + 1), disable=not progress, desc="train", dynamic_ncols=True)
-    window_start, window_images, val_loss = time.perf_counter(), 0, first_val
+    val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
+    first_val = val_loss if first_val is None else first_val
+    if metrics:
+        metrics.write({"step": start_step, "val_loss": val_loss})
+
+    flops = train_flops_per_sample(unwrap(model), config.image_size, config.text_len)
+    peak_tflops = device_peak_tflops(device, config.peak_tflops)
+    stream = iter(batches)
+    bar = tqdm(range(start_step + 1, config.steps + 1), disable=not (progress and world.is_main), desc="train",
+               dynamic_ncols=True, initial=start_step, total=config.steps)
+    window, preempted, step = Window(), False, start_step
     model.train()
-    for step in bar:
-        batch = next(batches)
-        images = normalize(batch["images"].to(device, non_blocking=True))
-        with autocast(device, dtype):
-            out = model(images, **model_inputs(batch, device))
-        (out["loss"] * config.caption_loss_weight).backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        window_images += len(images)
+    with PreemptionFlag() as sigterm:
+        for step in bar:
+            # --- the step's micro-batches, and the global token count that normalises the loss ---
+            started = time.perf_counter()
+            micro = [next(stream) for _ in range(config.grad_accum)]
+            data_seconds = time.perf_counter() - started
+            # hook: data-loader counters (bad samples, ...) would be read here and added to `record`
+            local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), float(sigterm.raised)],
+                                 dtype=torch.float64, device=device)
+            global_tokens, stop = all_reduce_sum(local, world).tolist()
+            token_scale = world.world_size / max(global_tokens, 1.0)
 
-        if step % config.log_every == 0 or step == config.steps:
-            elapsed = time.perf_counter() - window_start
-            record = {"step": step, "loss": out["loss"].item(), "lr": schedule.get_last_lr()[0],
-                      "grad_norm": grad_norm.item(), "images_per_s": window_images / elapsed}
-            metrics.write(record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.0f}")
-            window_start, window_images = time.perf_counter(), 0
-        if step % config.eval_every == 0 or step == config.steps:
-            val_loss = evaluate_loss(model, val_batch, device, dtype)
-            metrics.write({"step": step, "val_loss": val_loss})
-            bar.write(f"step {step}: held-out caption loss {val_loss:.3f}")
-        if step % config.ckpt_every == 0 or step == config.steps:
-            save(step)
+            set_lr(optimizer, config.peak_lr * warmup_cosine(step - 1, config.warmup_steps, config.steps))
+            nll_total = torch.zeros((), device=device, dtype=torch.float64)
+            for i, batch in enumerate(micro):
+                torch.manual_seed(micro_seed(config.seed, step, world.rank * config.grad_accum + i))
+                images = normalize(batch["images"].to(device, non_blocking=True))
+                with no_gradient_sync(wrapped, i < config.grad_accum - 1):
+                    with autocast(device, dtype):
+                        out = wrapped(images, **model_inputs(batch, device))
+                    objective = out["nll_sum"] * token_scale
+                    if set(out) - PURE_CAPTION_OUTPUTS:
+                        # Loss parts besides the caption token mean (OpenVision 1's contrastive loss).
+                        other = out["loss"] - out["nll_sum"] / (out["num_tokens"] + 1e-8)
+                        objective = objective + other / config.grad_accum
+                    (objective * config.caption_loss_weight).backward()
+                nll_total += out["nll_sum"].detach().double()
+                if step == start_step + 1 and i == 0 and int(out["num_tokens"]) != loss_tokens(batch, tokenizer.pad_id):
+                    raise UserError(f"method {config.method!r} counts {int(out['num_tokens'])} loss tokens where the "
+                                    f"loop counts {loss_tokens(batch, tokenizer.pad_id)}: its caption mask differs")
+            loss = float(all_reduce_sum(nll_total, world)) / max(global_tokens, 1.0)
+            norm = grad_norm(wrapped)
+            if guard.check(step, loss, norm, last_saved):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            window.add(config.batch_size, int(global_tokens), data_seconds)
+
+            if step % config.log_every == 0 or step == config.steps:
+                record = {"step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm,
+                          **window.summary(flops, world.world_size, peak_tflops, device),
+                          "skipped_steps": guard.skipped}
+                if metrics:
+                    metrics.write(record)
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}")
+                window.reset()
+            if step % config.eval_every == 0 or step == config.steps:
+                # hook: periodic evaluations (zero-shot, probes, ...) go beside the held-out loss
+                val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
+                if metrics:
+                    metrics.write({"step": step, "val_loss": val_loss})
+                if world.is_main:
+                    bar.write(f"step {step}: held-out caption loss {val_loss:.3f}")
+            if stop:
+                save(step)
+                preempted = True
+                break
+            # A step that was skipped is not saved (but the last step always is): the latest
+            # checkpoint stays one whose last update was good.
+            if (step % config.ckpt_every == 0 and guard.consecutive == 0) or step == config.steps:
+                save(step)
     bar.close()
+    if metrics:
+        metrics.close()
 
-    shown = min(config.show_captions, len(val_set))
-    captions = greedy_caption(model, tokenizer, val_batch["images"][:shown])
-    print(f"\nheld-out caption loss: {first_val:.3f} at start -> {val_loss:.3f} after {config.steps} steps")
-    print(f"checkpoint: {checkpoints / (checkpoints / 'latest').read_text().strip()}\n")
-    for i, (predicted, truth) in enumerate(zip(captions, val_batch["texts"])):
-        print(f"[held-out {i}] {predicted}\n{'':14s}(truth: {truth})")
-    return {"first_val_loss": first_val, "final_val_loss": val_loss, "captions": captions,
-            "truths": val_batch["texts"][:shown]}
+    summary = {"first_val_loss": first_val, "final_val_loss": val_loss, "captions": [], "truths": [],
+               "step": step, "skipped_steps": guard.skipped, "checkpoint": last_saved}
+    if preempted:
+        log(f"\nSIGTERM: stopped at step {step}; checkpoint {last_saved}; continue with --resume", flush=True)
+        return {**summary, "stopped": "preempted"}
+    if world.is_main:
+        shown = min(config.show_captions, len(val_set))
+        caption_model = unwrap(wrapped) if parallel != "fsdp" else export_model(config, tokenizer, last_saved, device)
+        captions = greedy_caption(caption_model, tokenizer, val_batch["images"][:shown])
+        print(f"\nheld-out caption loss: {first_val:.3f} at start -> {val_loss:.3f} after {config.steps} steps")
+        print(f"checkpoint: {last_saved}\n")
+        for i, (predicted, truth) in enumerate(zip(captions, val_batch["texts"])):
+            print(f"[held-out {i}] {predicted}\n{'':14s}(truth: {truth})")
+        summary.update(captions=captions, truths=val_batch["texts"][:shown])
+    barrier(world)
+    return summary
+
+
+def export_model(config: TrainConfig, tokenizer: CaptionTokenizer, checkpoint: str, device) -> torch.nn.Module:
+    """A plain (unsharded) model from a checkpoint's consolidated export."""
+    from safetensors.torch import load_file
+
+    from ..checkpoint import WEIGHTS
+
+    model = build_model(config, tokenizer, device="meta")
+    model.load_state_dict(load_file(Path(checkpoint) / WEIGHTS, device=str(device)), assign=True)
+    return model.eval()

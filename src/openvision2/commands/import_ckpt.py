@@ -1,0 +1,32 @@
+"""ov2 import --from DIR --out CHECKPOINT_DIR"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+NAME = "import"
+HELP = "import released OpenVision (2) vision-only weights (open_clip layout) as an encoder-only checkpoint"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--from", dest="source", required=True, metavar="DIR",
+                        help="directory with open_clip_config.json and open_clip_model.safetensors "
+                             "(or open_clip_pytorch_model.bin), e.g. a downloaded UCSC-VLAA/openvision2-* repo")
+    parser.add_argument("--out", required=True, metavar="CHECKPOINT_DIR", help="checkpoint directory to write")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def run(args) -> int:
+    from ..interop import import_open_clip
+
+    _, summary = import_open_clip(args.source, args.out)
+    if "dropped_proj" in summary:
+        print(f"ov2 import: note: dropped the pooled-feature projection {summary['dropped_proj']} "
+              "(OV2 has none; the patch tokens and the pooled feature before it are unchanged)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"imported {summary['encoder']} @ {summary['image_size']} px "
+              f"({summary['parameters'] / 1e6:.1f} M parameters, encoder only) -> {summary['checkpoint']}")
+    return 0

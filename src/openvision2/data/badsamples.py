@@ -1,0 +1,50 @@
+"""Bad input is skipped, counted by reason and logged once per reason per shard: never fatal, never silent."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+log = logging.getLogger("openvision2.data")
+
+# Every reason a sample (or a whole shard) can be skipped. The counters use these names as keys, so a
+# training run's metrics show e.g. {"corrupt_image": 3, "missing_caption": 1}.
+REASONS = (
+    "unreadable_shard",  # the shard file cannot be opened or is not a tar archive
+    "truncated_tar",  # the archive ends in the middle of a member; the complete samples before it are kept
+    "missing_image",  # a key with no jpg/jpeg/png/webp member
+    "not_image",  # the image member is not an image file PIL recognises
+    "corrupt_image",  # a recognised image that fails to decode (truncated or damaged data)
+    "too_many_pixels",  # width x height over the pixel limit (decompression bomb)
+    "missing_caption",  # no caption field (no txt member, no json, or the json lacks the key)
+    "empty_caption",  # the caption is empty or only whitespace
+    "bad_text",  # the caption is not UTF-8, or the json member is not valid JSON
+)
+
+
+class BadSample(Exception):
+    """Raised while reading one sample; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+class BadSampleLog:
+    """Counts skipped samples by reason; logs the first of each reason in each shard (with its key)."""
+
+    def __init__(self, counts: dict[str, int] | None = None):
+        self.counts: Counter[str] = Counter(counts or {})
+        self._logged: set[tuple[str, str]] = set()
+
+    def record(self, reason: str, shard: str, key: str = "", detail: str = "") -> None:
+        self.counts[reason] += 1
+        if (shard, reason) not in self._logged:
+            self._logged.add((shard, reason))
+            where = f"{shard}:{key}" if key else shard
+            log.warning("skipped %s (%s)%s; further %s in this shard are counted, not logged",
+                        where, reason, f": {detail}" if detail else "", reason)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.counts)

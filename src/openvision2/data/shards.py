@@ -1,0 +1,429 @@
+"""A deterministic, resumable stream of image-caption samples from WebDataset tar shards.
+
+Layout: img2dataset's (key.jpg/png/webp + key.txt + key.json). A source is a shard list (brace
+expansion and `::` as in webdataset/open_clip, or a directory of .tar files); several sources are mixed
+with weights: `"a-{000..099}.tar@0.7;b-{000..009}.tar@0.3"`.
+
+Order. The readers are "slots": slot = rank * workers + worker, one per DataLoader worker per rank. In
+epoch e the shard list is permuted with a seed of (seed, source, e), and slot s takes every S-th shard
+of it (S = number of slots), so slots never overlap; with fewer shards than slots, every slot reads
+every shard and keeps every S-th sample. A slot walks its shards in groups of consecutive shards
+holding at least `shuffle_buffer` samples and emits each group's samples in a random permutation: a
+shuffle buffer of that size, but computed, not filled. (Reading by offset is what the tar index is for.)
+With `with_replacement`, shards are drawn at random (per slot) instead of permuted.
+
+State. Everything is a function of (seed, slot, position), so the state of a slot is a handful of
+counters: for each source, the cursor of its current group in the endless shard sequence and the
+position inside the group's permutation; plus how many samples the slot emitted (which picks the
+source of the next one) and its bad-sample counters. A resumed slot rebuilds its group and continues
+with exactly the next unseen sample. Augmentation randomness is seeded by the sample's identity
+(source, shard visit, index), so the resumed images are bit-identical too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from glob import glob
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..errors import UserError
+from .badsamples import BadSample, BadSampleLog
+from .tarindex import ShardIndex, ShardReader, UnreadableShard, index_shard
+
+log = logging.getLogger("openvision2.data")
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+
+# ---------------------------------------------------------------------------------------------- sources
+@dataclass(frozen=True)
+class Source:
+    shards: tuple[str, ...]
+    weight: float = 1.0
+
+
+def expand_shards(spec: str) -> list[str]:
+    """`dir/` (its *.tar, sorted), or webdataset's notation: braces and `::`-joined lists."""
+    from webdataset.shardlists import expand_urls
+
+    spec = spec.strip()
+    if os.path.isdir(spec):
+        found = sorted(glob(os.path.join(spec, "*.tar")) + glob(os.path.join(spec, "*.tar.gz")))
+        if not found:
+            raise UserError(f"directory {spec} holds no .tar shards")
+        return found
+    return [path for path in expand_urls(spec) if path]
+
+
+def parse_sources(spec: str) -> list[Source]:
+    """`"a-{0..9}.tar@2;b.tar@1"` -> two sources, weights 2 and 1 (default weight 1)."""
+    sources = []
+    for part in (p for p in spec.split(";") if p.strip()):
+        path, sep, weight = part.rpartition("@")
+        if not sep or "/" in weight:
+            path, weight = part, "1"
+        try:
+            value = float(weight)
+        except ValueError:
+            raise UserError(f"shard source {part!r}: weight after @ must be a number") from None
+        if value <= 0:
+            raise UserError(f"shard source {part!r}: weight must be > 0")
+        shards = expand_shards(path)
+        if not shards:
+            raise UserError(f"shard source {part!r} names no shard")
+        sources.append(Source(tuple(shards), value))
+    if not sources:
+        raise UserError("no shards given: set e.g. train_shards=data/train-{000000..000009}.tar")
+    return sources
+
+
+# ------------------------------------------------------------------------------------------- captions
+def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) -> str:
+    """The caption from a `txt`-like member, or from a key of the json member; a list holds several
+    captions and one is drawn per visit. Raises BadSample (missing/empty caption, bad text)."""
+    if caption_key in members:
+        raw = members[caption_key]
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadSample("bad_text", f"{caption_key} is not UTF-8") from None
+    elif "json" in members:
+        try:
+            meta = json.loads(members["json"].decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as err:
+            raise BadSample("bad_text", f"json member: {err}") from None
+        value = meta.get(caption_key) if isinstance(meta, dict) else None
+        if value is None:
+            raise BadSample("missing_caption", f"no {caption_key!r} in json")
+        if isinstance(value, list):
+            value = [v for v in value if isinstance(v, str) and v.strip()]
+            if not value:
+                raise BadSample("empty_caption", f"{caption_key!r} holds no caption")
+            value = value[rng.randrange(len(value))]
+        if not isinstance(value, str):
+            raise BadSample("missing_caption", f"{caption_key!r} is not text")
+        text = value
+    else:
+        raise BadSample("missing_caption", f"no {caption_key} member")
+    text = text.strip()
+    if not text:
+        raise BadSample("empty_caption")
+    return text
+
+
+# ------------------------------------------------------------------------------------------ the stream
+class IndexCache:
+    """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers)."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity, self._items = capacity, OrderedDict()
+
+    def get(self, path: str) -> ShardIndex | UnreadableShard:
+        if path in self._items:
+            self._items.move_to_end(path)
+            return self._items[path]
+        try:
+            item = index_shard(path)
+        except UnreadableShard as err:
+            item = err
+        self._items[path] = item
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return item
+
+
+@dataclass
+class Group:
+    cursor: int  # position of its first shard in the slot's endless shard sequence
+    length: int  # number of shards
+    visits: list  # (sequence position, ShardIndex, sample indices kept by this slot)
+    starts: list[int] = field(default_factory=list)  # cumulative sample counts, for bisect
+    order: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return self.starts[-1] if self.starts else 0
+
+
+class SourceStream:
+    """One source as seen by one slot: a sequence of samples (as raw members), endless unless `epochs`."""
+
+    def __init__(self, source: Source, source_id: int, slot: int, num_slots: int, seed: int, shuffle: bool,
+                 shuffle_buffer: int, with_replacement: bool, epochs: int | None, bad: BadSampleLog,
+                 cache: IndexCache):
+        self.shards, self.source_id, self.slot, self.num_slots = source.shards, source_id, slot, num_slots
+        self.seed, self.shuffle, self.buffer, self.with_replacement = seed, shuffle, shuffle_buffer, with_replacement
+        self.bad, self.cache, self.reader = bad, cache, ShardReader()
+        self.split_samples = len(self.shards) < num_slots and not with_replacement
+        # shards per epoch for this slot
+        self.per_epoch = (len(self.shards) if self.split_samples or with_replacement
+                          else len(range(slot, len(self.shards), num_slots)))
+        self.limit = None if epochs is None else epochs * self.per_epoch  # end of the sequence (a cursor)
+        self.cursor, self.pos, self.group = 0, 0, None
+        self._orders: dict[int, list[int]] = {}
+        self._idle_shards = 0  # shards visited since the last good sample (to stop on a dead source)
+
+    def shard_at(self, j: int) -> str:
+        """Shard number j of the slot's sequence: epochs of permuted shards, or independent draws."""
+        if self.with_replacement:
+            draw = random.Random(f"{self.seed}/{self.source_id}/{self.slot}/draw/{j}")
+            return self.shards[draw.randrange(len(self.shards))]
+        epoch, i = divmod(j, self.per_epoch)
+        if epoch not in self._orders:
+            order = list(range(len(self.shards)))
+            if self.shuffle:  # the same permutation in every slot, so the slots' shares are disjoint
+                random.Random(f"{self.seed}/{self.source_id}/epoch/{epoch}").shuffle(order)
+            self._orders = {epoch: order if self.split_samples else order[self.slot::self.num_slots]}
+        return self.shards[self._orders[epoch][i]]
+
+    def _load_group(self, record: bool) -> Group:
+        """The group starting at self.cursor: shards of one epoch, at least `buffer` samples if the epoch
+        has them. `record` counts its shard-level problems; not on a resume into the middle of a group,
+        whose problems were counted before the checkpoint."""
+        group = Group(self.cursor, 0, [])
+        epoch_end = (self.cursor // self.per_epoch + 1) * self.per_epoch
+        total = 0
+        while self.cursor + group.length < epoch_end and (group.length == 0 or total < self.buffer):
+            j = self.cursor + group.length
+            path = self.shard_at(j)
+            group.length += 1
+            index = self.cache.get(path)
+            if isinstance(index, UnreadableShard):
+                if record:
+                    self.bad.record("unreadable_shard", path, detail=str(index))
+                continue
+            if index.truncated and record:
+                self.bad.record("truncated_tar", path, detail=index.truncated)
+            keep = range(self.slot, len(index), self.num_slots) if self.split_samples else range(len(index))
+            if len(keep):
+                group.visits.append((j, index, keep))
+                total += len(keep)
+                group.starts.append(total)
+        if self.shuffle and total > 1:
+            rng = np.random.default_rng([self.seed, self.source_id, self.slot, self.cursor])
+            group.order = rng.permutation(total)
+        self._idle_shards += group.length
+        return group
+
+    def next_raw(self) -> tuple[dict[str, bytes], str, str, random.Random] | None:
+        """The next sample's members, shard, key and an rng seeded by its identity; None at the end."""
+        while True:
+            if self.limit is not None and self.cursor >= self.limit:
+                return None
+            if self.group is None:
+                self.group = self._load_group(record=self.pos == 0)
+            if self.pos >= self.group.size:
+                if self._idle_shards > self.per_epoch:
+                    raise UserError(f"shard source {self.source_id} ({self.shards[0]} ...) gave no usable sample "
+                                    "in a whole pass over its shards; the log names the problems")
+                self.cursor += self.group.length
+                self.pos, self.group = 0, None
+                self.reader.close()
+                continue
+            k = int(self.group.order[self.pos]) if self.group.order is not None else self.pos
+            self.pos += 1
+            v = bisect_right(self.group.starts, k)
+            j, index, keep = self.group.visits[v]
+            local = keep[k - (self.group.starts[v - 1] if v else 0)]
+            try:
+                members = {ext: self.reader.read(index, offset, size)
+                           for ext, (offset, size) in index.members[local].items()}
+            except BadSample as err:
+                self.bad.record(err.reason, index.path, index.keys[local], err.detail)
+                continue
+            return members, index.path, index.keys[local], random.Random(f"{self.seed}/{self.source_id}/{j}/{local}")
+
+    def note_good(self) -> None:
+        self._idle_shards = 0
+
+    def state(self) -> dict:
+        return {"cursor": self.cursor, "pos": self.pos}
+
+    def restore(self, state: dict) -> None:
+        self.cursor, self.pos, self.group = int(state["cursor"]), int(state["pos"]), None
+        self.reader.close()
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class SlotStream:
+    """All sources of one slot, mixed by weight; yields decoded, augmented samples."""
+
+    def __init__(self, dataset: "ShardDataset", slot: int, num_slots: int, shuffle: bool | None = None,
+                 epochs: int | None = None):
+        self.dataset, self.slot, self.num_slots = dataset, slot, num_slots
+        self.bad = BadSampleLog()
+        cache = IndexCache()
+        shuffle = dataset.shuffle if shuffle is None else shuffle
+        epochs = dataset.epochs if epochs is None else epochs
+        self.streams = [SourceStream(src, i, slot, num_slots, dataset.seed, shuffle, dataset.shuffle_buffer,
+                                     dataset.with_replacement, epochs, self.bad, cache)
+                        for i, src in enumerate(dataset.sources)]
+        total = sum(s.weight for s in dataset.sources)
+        self.cumulative = list(np.cumsum([s.weight / total for s in dataset.sources]))
+        self.emitted = 0
+
+    def _pick_source(self) -> SourceStream:
+        if len(self.streams) == 1:
+            return self.streams[0]
+        u = random.Random(f"{self.dataset.seed}/mix/{self.slot}/{self.emitted}").random()
+        return self.streams[min(bisect_right(self.cumulative, u), len(self.streams) - 1)]
+
+    def next_sample(self) -> dict | None:
+        """The next good sample (bad ones are counted and skipped); None at the end of a finite pass."""
+        stream = self._pick_source()
+        while True:
+            raw = stream.next_raw()
+            if raw is None:
+                return None
+            members, shard, key, rng = raw
+            try:
+                image_ext = next((e for e in IMAGE_EXTS if e in members), None)
+                if image_ext is None:
+                    raise BadSample("missing_image", f"members: {', '.join(sorted(members)) or 'none'}")
+                caption = caption_of(members, self.dataset.caption_key, rng)
+                alt_text = caption
+                if self.dataset.alt_caption_key:
+                    try:
+                        alt_text = caption_of(members, self.dataset.alt_caption_key, rng)
+                    except BadSample:  # an optional field: fall back to the caption, keep the sample
+                        pass
+                image = self.dataset.transform(members[image_ext], rng)
+            except BadSample as err:
+                self.bad.record(err.reason, shard, key, err.detail)
+                continue
+            stream.note_good()
+            self.emitted += 1
+            return {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard}
+
+    def state(self) -> dict:
+        return {"emitted": self.emitted, "sources": [s.state() for s in self.streams], "bad": self.bad.as_dict()}
+
+    def restore(self, state: dict) -> None:
+        if len(state["sources"]) != len(self.streams):
+            raise UserError(f"the data state has {len(state['sources'])} shard sources and the config "
+                            f"{len(self.streams)}: resume with the same train_shards")
+        self.emitted = int(state["emitted"])
+        for stream, s in zip(self.streams, state["sources"]):
+            stream.restore(s)
+        self.bad.counts.update(state.get("bad", {}))
+
+    def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardDataset(IterableDataset):
+    """An endless (or, with `epochs`, finite) stream from shards. Iterated (by a DataLoader) it yields
+    whole batches, each carrying `data_state` = (slot, num_slots, state after this batch) so the main
+    process knows exactly how far every worker got (loader.ShardBatches keeps the latest per slot).
+    `samples()` iterates single samples. Slots come from the rank (explicit, or torch.distributed) and
+    the DataLoader worker."""
+
+    def __init__(self, sources: list[Source] | list[str] | str, transform: Callable, caption_key: str = "txt",
+                 alt_caption_key: str = "", seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
+                 with_replacement: bool = False,
+                 batch_size: int = 1, collate: Callable | None = None, rank: int | None = None,
+                 world_size: int | None = None, epochs: int | None = None, drop_last: bool = True):
+        if isinstance(sources, str):
+            sources = parse_sources(sources)
+        elif sources and all(isinstance(s, str) for s in sources):  # a list of shard paths: one source
+            sources = [Source(tuple(sources))]
+        self.sources = list(sources)
+        if not self.sources:
+            raise UserError("no shard source given")
+        if epochs is not None and with_replacement:
+            raise UserError("a finite pass (epochs) cannot sample with replacement")
+        if epochs is not None and len(self.sources) > 1:
+            raise UserError("a finite pass (epochs) reads a single shard source")
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        self.transform, self.caption_key, self.alt_caption_key = transform, caption_key, alt_caption_key
+        self.seed = seed
+        self.shuffle, self.shuffle_buffer, self.with_replacement = shuffle, max(1, shuffle_buffer), with_replacement
+        self.batch_size, self.collate, self.epochs, self.drop_last = batch_size, collate, epochs, drop_last
+        self.rank, self.world_size = rank, world_size
+        self.resume: dict[int, dict] = {}  # slot -> state, set by loader.ShardBatches.load_state_dict
+
+    def slot(self) -> tuple[int, int]:
+        """(this reader's slot, number of slots) = (rank * workers + worker, world * workers)."""
+        rank, world = _rank_and_world(self.rank, self.world_size)
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        return rank * workers + worker, world * workers
+
+    def open_slot(self, slot: int | None = None, num_slots: int | None = None) -> SlotStream:
+        if slot is None:
+            slot, num_slots = self.slot()
+        stream = SlotStream(self, slot, num_slots)
+        if slot in self.resume:
+            stream.restore(self.resume[slot])
+        return stream
+
+    def samples(self, slot: int | None = None, num_slots: int | None = None) -> Iterator[dict]:
+        stream = self.open_slot(slot, num_slots)
+        try:
+            while (sample := stream.next_sample()) is not None:
+                yield sample
+        finally:
+            stream.close()
+
+    def __iter__(self) -> Iterator[dict]:
+        stream = self.open_slot()
+        try:
+            while True:
+                batch = []
+                while len(batch) < self.batch_size and (sample := stream.next_sample()) is not None:
+                    batch.append(sample)
+                if not batch or (len(batch) < self.batch_size and self.drop_last):
+                    return
+                out = self.collate(batch) if self.collate is not None else {
+                    "images": torch.stack([s["image"] for s in batch]), "texts": [s["caption"] for s in batch],
+                    "keys": [f"{s['shard']}:{s['key']}" for s in batch]}
+                out["data_state"] = (stream.slot, stream.num_slots, stream.state())
+                yield out
+        finally:
+            stream.close()
+
+    def take(self, count: int) -> list[dict]:
+        """The first `count` samples of a single-process pass (e.g. the fixed held-out batch)."""
+        out = []
+        for sample in self.samples(0, 1):
+            out.append(sample)
+            if len(out) == count:
+                break
+        return out
+
+    def captions(self, limit: int = 100_000) -> list[str]:
+        """Captions of the first `limit` samples in shard order, without decoding an image (e.g. to
+        train a tokenizer)."""
+        stream = SlotStream(self, 0, 1, shuffle=False, epochs=1)
+        out = []
+        try:
+            while len(out) < limit and (raw := stream.streams[0].next_raw()) is not None:
+                try:
+                    out.append(caption_of(raw[0], self.caption_key, raw[3]))
+                except BadSample:
+                    continue
+        finally:
+            stream.close()
+        return out

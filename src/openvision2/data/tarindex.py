@@ -1,0 +1,172 @@
+"""Index one WebDataset tar shard (img2dataset layout: key.jpg + key.txt + key.json) for random access.
+
+Indexing reads only the 512-byte member headers (seeking over the data), so a shard's samples can
+then be read in any order: that is what makes the shuffle deterministic and a resume exact without
+replaying the stream. Members are grouped by key the way webdataset does it (the basename up to its
+first dot, directory kept), whether or not a key's members are adjacent.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass, field
+
+from .badsamples import BadSample
+
+
+class UnreadableShard(Exception):
+    """The shard cannot be opened or is not a tar archive."""
+
+
+@dataclass
+class ShardIndex:
+    path: str
+    keys: list[str] = field(default_factory=list)
+    # one dict per key: extension (lower case, e.g. "jpg", "txt", "json") -> (data offset, size)
+    members: list[dict[str, tuple[int, int]]] = field(default_factory=list)
+    truncated: str = ""  # why the archive is cut short ("" if complete)
+    data: bytes | None = None  # the decompressed archive, for gzip shards (they cannot be seeked)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """'dir/000123.jpg' -> ('dir/000123', 'jpg'); 'a.b.json' -> ('a', 'b.json')."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:].lower()
+
+
+def _gunzip(raw: bytes) -> tuple[bytes, str]:
+    """Decompress a gzip stream, keeping what precedes damage or truncation."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    parts, chunk = [], 1 << 20
+    for start in range(0, len(raw), chunk):  # in chunks, so the part before a damaged block survives
+        try:
+            parts.append(inflater.decompress(raw[start:start + chunk]))
+        except zlib.error as err:
+            return b"".join(parts), f"gzip error: {err}"
+    if not inflater.eof:
+        return b"".join(parts), "gzip stream ends early"
+    return b"".join(parts), ""
+
+
+def index_shard(path: str) -> ShardIndex:
+    """Read the member headers of `path`. Raises UnreadableShard; a truncated archive is indexed up to
+    its last complete member and flagged in `truncated`."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+            f.seek(0, io.SEEK_END)
+            size = f.tell()
+            f.seek(0)
+            if magic == b"\x1f\x8b":
+                data, gzip_problem = _gunzip(f.read())
+                return _index(path, io.BytesIO(data), len(data), data, gzip_problem)
+            return _index(path, f, size, None, "")
+    except OSError as err:
+        raise UnreadableShard(f"cannot open: {err.strerror or err}") from None
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes >= 8 GiB
+        return int.from_bytes(field[1:], "big")
+    field = field.strip(b" \0")
+    return int(field, 8) if field else 0
+
+
+def _pax_path(data: bytes) -> str | None:
+    """The `path` record of a pax extended header ("<len> path=<name>\n" records)."""
+    for record in data.split(b"\n"):
+        _, _, pair = record.partition(b" ")
+        if pair.startswith(b"path="):
+            return pair[5:].decode("utf-8", "surrogateescape")
+    return None
+
+
+def _index(path: str, f, size: int, data: bytes | None, problem: str) -> ShardIndex:
+    """Walk the ustar/GNU/pax headers by hand: tarfile's parser costs ~30 us a member, this ~3 us."""
+    index = ShardIndex(path, data=data)
+    position: dict[str, int] = {}
+    offset, long_name = 0, None
+    while True:
+        f.seek(offset)
+        header = f.read(512)
+        if not header and offset == 0:
+            raise UnreadableShard("empty file")
+        if len(header) < 512 or not any(header):  # the end: zero blocks, EOF, or a cut header
+            if any(header):
+                problem = problem or "partial header at the end"
+            break
+        stored = header[148:156].strip(b" \0")
+        valid = bool(stored) and all(48 <= c <= 55 for c in stored) and \
+            int(stored, 8) == sum(header) - sum(header[148:156]) + 256
+        if not valid:
+            if offset == 0:
+                raise UnreadableShard("not a tar archive (bad header checksum)")
+            problem = problem or f"damaged header at byte {offset}"
+            break
+        kind, length = header[156:157], _octal(header[124:136])
+        start = offset + 512
+        if start + length > size:
+            name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            problem = problem or f"member {name} is cut short"
+            key = split_key(name)[0]
+            if key in position:  # the cut member's key is incomplete: drop it, it counts as truncated
+                del index.keys[position[key]], index.members[position[key]]
+            break
+        offset = start + (length + 511) // 512 * 512
+        if kind in (b"L", b"x"):  # the next member's long name (GNU), or its pax attributes
+            f.seek(start)
+            payload = f.read(length)
+            long_name = payload.rstrip(b"\0").decode("utf-8", "surrogateescape") if kind == b"L" \
+                else _pax_path(payload) or long_name
+            continue
+        if kind not in (b"0", b"\0", b"7"):  # directories, links, global pax headers: not samples
+            long_name = None
+            continue
+        name = long_name
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            if header[257:262] == b"ustar" and header[345]:
+                name = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape") + "/" + name
+        long_name = None
+        key, ext = split_key(name)
+        if key not in position:
+            position[key] = len(index.keys)
+            index.keys.append(key)
+            index.members.append({})
+        index.members[position[key]][ext] = (start, length)
+    index.truncated = problem
+    return index
+
+
+class ShardReader:
+    """Reads member bytes of indexed shards; keeps each shard's file open until close()."""
+
+    def __init__(self):
+        self._files: dict[str, object] = {}
+
+    def read(self, index: ShardIndex, offset: int, size: int) -> bytes:
+        if index.data is not None:
+            return index.data[offset:offset + size]
+        f = self._files.get(index.path)
+        if f is None:
+            try:
+                f = self._files[index.path] = open(index.path, "rb")
+            except OSError as err:  # removed or made unreadable since it was indexed
+                raise BadSample("unreadable_shard", str(err)) from None
+        f.seek(offset)
+        data = f.read(size)
+        if len(data) != size:
+            raise BadSample("truncated_tar", "shard shrank since it was indexed")
+        return data
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()

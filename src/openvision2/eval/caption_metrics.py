@@ -1,0 +1,100 @@
+"""Caption quality on held-out images: perplexity of the reference captions under the model, and
+CIDEr / BLEU-1..4 of generated captions against them (pycocoevalcap's scorers).
+
+Tokenisation for CIDEr/BLEU: pycocoevalcap's PTB tokenizer (Stanford CoreNLP, needs `java`) when
+java is on the PATH, else a plain lower-case word split with punctuation removed; which one ran is
+reported under "tokenizer".
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import torch
+import torch.nn.functional as F
+
+from ..generate import check_autoregressive, generate
+from ..models.openvision2 import caption_targets
+from ..preprocess import normalize
+from ..tokenizer import CaptionTokenizer
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer: CaptionTokenizer, images: torch.Tensor, captions: list[str],
+               batch_size: int = 64) -> dict:
+    """exp(token-mean NLL) of the captions (SPEC §3.3 targets: pieces and [eos]), all visual tokens seen."""
+    check_autoregressive(model)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    try:
+        for start in range(0, len(images), batch_size):
+            ids = tokenizer.encode(captions[start:start + batch_size], model.config.text_len).to(device)
+            inputs, targets, mask = caption_targets(ids, tokenizer.pad_id)
+            visual = model.visual_prefix(normalize(images[start:start + batch_size].to(device)))
+            logits = model.decoder(visual, inputs)
+            token_nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+            nll += (token_nll * mask.flatten()).sum().item()
+            count += mask.sum().item()
+    finally:
+        model.train(was_training)
+    mean = nll / max(count, 1)
+    return {"perplexity": float(torch.tensor(mean).exp()), "nll": mean, "tokens": count}
+
+
+def java_available() -> bool:
+    if shutil.which("java") is None:
+        return False
+    try:
+        return subprocess.run(["java", "-version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _simple_tokenize(texts: dict[int, list[str]]) -> dict[int, list[str]]:
+    return {k: [" ".join(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", t.lower())) for t in v] for k, v in texts.items()}
+
+
+def tokenize_for_scoring(texts: dict[int, list[str]], use_ptb: bool) -> dict[int, list[str]]:
+    if not use_ptb:
+        return _simple_tokenize(texts)
+    import contextlib
+    import io
+
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a progress line; keep stdout for --json
+        return PTBTokenizer().tokenize({k: [{"caption": t} for t in v] for k, v in texts.items()})
+
+
+def cider_bleu(predictions: list[str], references: list[list[str]], tokenizer: str = "auto") -> dict:
+    """CIDEr-D (pycocoevalcap's Cider) and BLEU-1..4 of one prediction per image against its references."""
+    import contextlib
+    import io
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    use_ptb = java_available() if tokenizer == "auto" else tokenizer == "ptb"
+    gts = tokenize_for_scoring(dict(enumerate(references)), use_ptb)
+    res = tokenize_for_scoring({i: [p] for i, p in enumerate(predictions)}, use_ptb)
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its internals
+        bleu, _ = Bleu(4).compute_score(gts, res)
+    cider, _ = Cider().compute_score(gts, res)
+    return {"cider": float(cider), **{f"bleu{i + 1}": float(b) for i, b in enumerate(bleu)},
+            "tokenizer": "ptb" if use_ptb else "simple"}
+
+
+def caption_metrics(model, tokenizer: CaptionTokenizer, images: torch.Tensor, references: list[list[str]],
+                    batch_size: int = 64, scoring_tokenizer: str = "auto", **decoding) -> dict:
+    """Perplexity of the first reference per image, and CIDEr/BLEU of generated captions (decoding
+    options as generate()'s; greedy by default). Also the generated captions, for inspection."""
+    predictions = [text for start in range(0, len(images), batch_size)
+                   for text in generate(model, tokenizer, images[start:start + batch_size], **decoding).texts]
+    exact = sum(p.strip() == refs[0].strip() for p, refs in zip(predictions, references)) / max(len(images), 1)
+    return {**perplexity(model, tokenizer, images, [refs[0] for refs in references], batch_size),
+            **cider_bleu(predictions, references, scoring_tokenizer), "exact_match": exact,
+            "num_images": len(images), "predictions": predictions}

@@ -1,0 +1,177 @@
+"""Analytic forward FLOPs per image and parameter counts, per part, for the three methods.
+
+Counting convention (SPEC §5.4), the one under which the paper's four FLOPs/image figures come out:
+- a matmul of [m, k] by [k, n] costs 2*m*k*n FLOPs; LayerNorms, activations, softmax, biases,
+  residual adds and the loss are not counted (they are well under 1% at these sizes);
+- a transformer layer over n tokens of width d with MLP width m costs 2*n*(4*d^2 + 2*d*m) for its
+  q/k/v/out and MLP matmuls plus 4*n^2*d for attention (Q.K^T and A.V), whatever the mask:
+  a masked-out score is still computed by a dense kernel;
+- the ViT runs over its patches plus CLS; the patch embedding is a matmul over the patches;
+- OpenVision 2's decoder runs over the K kept visual tokens (floor(N * keep_ratio)) plus the
+  text_len - 1 = 127 caption positions, plus the projection of the K tokens; the vocabulary head
+  runs over the 127 caption positions;
+- OpenVision 1 (SPEC §6) adds the image embedding head, the text encoder over one 80-token text,
+  and a decoder over all N patch tokens + 79 alt-text tokens + 128 queries (plus both prefix
+  projections), with the vocabulary head over the 128 queries;
+- the CapPa-style variant is OpenVision 2 with K = N.
+
+The one choice the published figures pin down is the text encoder's share in OpenVision 1: they
+match when it is counted once per image, the usual CLIP convention of FLOPs per image-text pair
+(open_clip's profiler does the same), and not twice, although a training step encodes two texts
+per image (the alt-text and the sub-caption). Counted twice, OV1 comes out at 283.0 (L/14) and
+1690.7 (So400m/14), 4.1% and 3.3% over the published 271.75 and 1636.75; counted once, at 269.2
+and 1624.1 (-0.9%, -0.8%). OpenVision 2 comes out at 206.8 and 1009.7 against 208.90 and 1017.74
+(-1.0%, -0.8%). `text_passes=2` gives the full training-step forward instead.
+
+Decoders assumed where none is named (SPEC §2, §5.4): the L decoder (768 wide, 12 deep) for L/14,
+the So400m-shaped decoder (1152 wide, 27 deep) for So400m/14, and otherwise the decoder of the
+encoder's own size class where one exists (Ti, S, M, B, H, G; the tiny mu and nano too), else L.
+OpenVision 1's text encoder takes the decoder's size (SPEC §6 lists the same shapes for both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .models.masking import check_keep_ratio, num_kept
+from .models.registry import DECODER_SIZES, Size, decoder_size, parse_encoder_name
+
+METHODS = ("openvision2", "openvision1", "cappa")
+PARTS = ("encoder", "text_encoder", "decoder", "vocab_head")
+
+
+def default_decoder(encoder: str) -> str:
+    """The decoder the paper's FLOPs imply for an encoder (see the module docstring)."""
+    size_name = encoder.partition("/")[0]
+    if size_name == "L":
+        return "L"
+    return size_name if size_name in DECODER_SIZES else "L"
+
+
+def layer_matmul_params(size: Size) -> int:
+    return 4 * size.width ** 2 + 2 * size.width * size.mlp_dim
+
+
+def layer_params(size: Size) -> int:
+    """q/k/v/out and MLP weights and biases, and two LayerNorms."""
+    return layer_matmul_params(size) + 9 * size.width + size.mlp_dim
+
+
+def transformer_flops(size: Size, tokens: int) -> int:
+    """Forward FLOPs of size.depth layers over `tokens` positions."""
+    per_layer = 2 * tokens * layer_matmul_params(size) + 4 * tokens ** 2 * size.width
+    return size.depth * per_layer
+
+
+@dataclass
+class Shape:
+    method: str
+    encoder: str
+    decoder: str
+    image_size: int
+    keep_ratio: float = 0.35
+    text_len: int = 128  # caption sequence incl. [CLS]: text_len - 1 decoder positions
+    alt_text_len: int = 80
+    vocab_size: int = 32000
+    text_encoder: str = ""  # OpenVision 1; empty = the decoder's size
+    text_passes: int = 1  # texts per image through OpenVision 1's text encoder (2 in a training step)
+    text_pos: bool = False  # OpenVision 2 / CapPa decoder with learned text positions
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        check_keep_ratio(self.keep_ratio)
+        if self.image_size < 1:
+            raise UserError(f"image size must be positive, got {self.image_size}")
+
+
+@dataclass
+class Count:
+    """FLOPs and parameters of one model, per part."""
+
+    shape: Shape
+    flops: dict[str, int] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def total_flops(self) -> int:
+        return sum(self.flops.values())
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params.values())
+
+    def to_dict(self) -> dict:
+        s = self.shape
+        return {
+            "method": s.method, "encoder": s.encoder, "decoder": s.decoder, "image_size": s.image_size,
+            **({"text_encoder": s.text_encoder or s.decoder, "text_passes": s.text_passes}
+               if s.method == "openvision1" else {"keep_ratio": 1.0 if s.method == "cappa" else s.keep_ratio}),
+            "gflops_per_image": self.total_flops / 1e9,
+            "gflops_per_part": {k: v / 1e9 for k, v in self.flops.items()},
+            "params": self.total_params,
+            "params_per_part": dict(self.params),
+            **self.notes,
+        }
+
+
+def encoder_count(encoder: str, image_size: int) -> tuple[int, int, int, Size]:
+    """(forward FLOPs, parameters, patch tokens, size) of the ViT of SPEC §1.2."""
+    size, patch = parse_encoder_name(encoder)
+    if image_size < patch:
+        raise UserError(f"image size {image_size} is smaller than the patch size {patch}")
+    grid = image_size // patch
+    patches = grid * grid
+    patch_in = 3 * patch * patch
+    flops = 2 * patches * patch_in * size.width + transformer_flops(size, patches + 1)
+    # bias-free patch conv, CLS token, blocks, the pooled vector's LayerNorm
+    params = patch_in * size.width + size.width + size.depth * layer_params(size) + 2 * size.width
+    return flops, params, patches, size
+
+
+def count(shape: Shape) -> Count:
+    enc_flops, enc_params, patches, enc = encoder_count(shape.encoder, shape.image_size)
+    dec = decoder_size(shape.decoder)
+    result = Count(shape)
+    result.flops["encoder"], result.params["encoder"] = enc_flops, enc_params
+    vocab = shape.vocab_size
+    dec_stack_params = dec.depth * layer_params(dec) + 2 * dec.width  # blocks + final LayerNorm
+
+    if shape.method in ("openvision2", "cappa"):
+        kept = patches if shape.method == "cappa" else num_kept(patches, shape.keep_ratio)
+        positions = shape.text_len - 1
+        result.flops["text_encoder"], result.params["text_encoder"] = 0, 0
+        result.flops["decoder"] = 2 * kept * enc.width * dec.width + transformer_flops(dec, kept + positions)
+        result.params["decoder"] = (vocab * dec.width + enc.width * dec.width + dec_stack_params
+                                    + (positions * dec.width if shape.text_pos else 0))
+        result.flops["vocab_head"] = 2 * positions * dec.width * vocab
+        result.notes["decoder_tokens"] = {"visual": kept, "text": positions}
+    else:
+        txt = decoder_size(shape.text_encoder or shape.decoder)
+        embed = txt.width
+        alt, queries = shape.alt_text_len, shape.text_len
+        text_flops = transformer_flops(txt, alt) + 2 * txt.width * embed
+        # the image embedding head belongs to the contrastive branch, counted with the text encoder
+        result.flops["text_encoder"] = shape.text_passes * text_flops + 2 * enc.width * embed
+        result.params["text_encoder"] = (vocab * txt.width + alt * txt.width + txt.depth * layer_params(txt)
+                                         + 2 * txt.width + txt.width * embed + enc.width * embed + 1)
+        prefix = patches + alt - 1
+        result.flops["decoder"] = (2 * patches * enc.width * dec.width + 2 * (alt - 1) * txt.width * dec.width
+                                   + transformer_flops(dec, prefix + queries))
+        result.params["decoder"] = (enc.width * dec.width + txt.width * dec.width + queries * dec.width
+                                    + dec_stack_params)
+        result.flops["vocab_head"] = 2 * queries * dec.width * vocab
+        result.notes["decoder_tokens"] = {"visual": patches, "alt_text": alt - 1, "queries": queries}
+    result.params["vocab_head"] = dec.width * vocab
+    return result
+
+
+# The paper's FLOPs/image (SPEC §5.1): (method, encoder, resolution) -> GFLOPs.
+PUBLISHED_GFLOPS = {
+    ("openvision2", "L/14", 224): 208.90,
+    ("openvision1", "L/14", 224): 271.75,
+    ("openvision2", "So400m/14", 384): 1017.74,
+    ("openvision1", "So400m/14", 384): 1636.75,
+}

@@ -1,0 +1,124 @@
+"""What a run reports: metrics.jsonl (one JSON object per line) and TensorBoard, from rank 0.
+
+Throughput is global (all ranks); MFU = achieved training FLOP/s per device / the device's peak.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Dense bf16 peak TFLOP/s per device, by a substring of torch.cuda.get_device_name().
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
+               "V100": 125.0, "MI300X": 1307.0, "B200": 2250.0}
+
+
+def device_peak_tflops(device: torch.device, configured: float) -> float | None:
+    """The configured figure if given; a known GPU's bf16 peak; None where unknown (MFU omitted)."""
+    if configured > 0:
+        return configured
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops
+    return None
+
+
+def _params(module: nn.Module | None) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def train_flops_per_sample(model: nn.Module, image_size: int, text_len: int) -> float:
+    """Training FLOPs of one image-caption pair: 3 x forward, forward = 2 x params x tokens per tower
+    (attention scores ignored; SPEC §5.4 shows they are a few per cent at these lengths).
+
+    Uses openvision2.flops when that module provides `train_flops_per_sample(model, image_size, text_len)`."""
+    try:
+        from .. import flops
+
+        return float(flops.train_flops_per_sample(model, image_size, text_len))
+    except (ImportError, AttributeError):
+        pass
+    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
+    if encoder is None or decoder is None:
+        return 6.0 * _params(model) * text_len
+    patch = encoder.patch_embed.patch_size[0]
+    grid_tokens = (image_size // patch) ** 2
+    keep = getattr(getattr(model, "config", None), "keep_ratio", 1.0)
+    decoder_tokens = int(grid_tokens * keep) + text_len - 1
+    return 6.0 * (_params(encoder) * (grid_tokens + 1) + _params(decoder) * decoder_tokens)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+class MetricsLog:
+    """Appends records to metrics.jsonl and, if asked, to TensorBoard (and W&B when WANDB_PROJECT is set
+    and wandb is installed). Only rank 0 creates one."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True, config: dict | None = None):
+        self.file = (out_dir / "metrics.jsonl").open("a")
+        self.tb = self.wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+        import os
+
+        if os.environ.get("WANDB_PROJECT"):
+            try:
+                import wandb
+
+                self.wandb = wandb.init(project=os.environ["WANDB_PROJECT"], dir=str(out_dir), config=config,
+                                        name=out_dir.name, resume="allow")
+            except ImportError:
+                pass
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tb is not None:
+            for key, value in numbers.items():
+                self.tb.add_scalar(key, value, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+class Window:
+    """Accumulates steps between two log lines: samples, caption tokens, time waiting for data."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.steps, self.samples, self.tokens, self.data_seconds = time.perf_counter(), 0, 0, 0, 0.0
+
+    def add(self, samples: int, tokens: int, data_seconds: float) -> None:
+        self.steps, self.samples = self.steps + 1, self.samples + samples
+        self.tokens, self.data_seconds = self.tokens + tokens, self.data_seconds + data_seconds
+
+    def summary(self, flops_per_sample: float, world_size: int, peak_tflops: float | None,
+                device: torch.device) -> dict:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        record = {"images_per_s": self.samples / elapsed, "tokens_per_s": self.tokens / elapsed,
+                  "data_wait": self.data_seconds / elapsed, "peak_mem_gib": peak_memory_gib(device)}
+        if peak_tflops:
+            record["mfu"] = flops_per_sample * self.samples / elapsed / world_size / (peak_tflops * 1e12)
+        return record

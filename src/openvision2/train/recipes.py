@@ -1,0 +1,145 @@
+"""The resolution curriculum (SPEC §4.3) as recipes: ordered stages, each a complete TrainConfig.
+
+A stage restores all weights from the previous stage's final export (`init_from`) and starts a
+fresh optimizer and schedule; the peak LR is base_lr x batch/256 in every stage. `run_recipe`
+trains the stages in order into OUT/stage-<name>/, skips stages already finished, resumes the
+unfinished one from its latest checkpoint, and points OUT/checkpoints/latest at the newest export
+(so `ov2 caption --checkpoint OUT` works).
+
+Paper stages (SPEC §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch)):
+    pretrain  84 px, batch 32768, 10000 ep = 390,981 steps, warmup 1,563, base_lr 8e-6 (peak 1.024e-3)
+    finetune 224 px, batch 16384,   800 ep =  62,556 steps, warmup 1,563, base_lr 4e-7 (peak 2.56e-5)
+    high-res 336/384/448 px, batch 8192, 200 ep = 31,278 steps, no warmup, base_lr 1e-7 (inferred, OV1's script)
+Decoders: L for L/14 and So400m-shaped for So400m/14 (inferred from FLOPs, SPEC §2); H/14 and g/14
+are unknown, and take the H decoder (1024 x 24, the size OpenVision 1 calls `g`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..checkpoint import LATEST
+from ..errors import UserError
+from .config import TrainConfig, apply_overrides
+from .presets import tiny_cpu
+
+EPOCH = 1_281_167  # one virtual ImageNet epoch, in samples
+DONE = "stage-done.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    config: TrainConfig
+
+
+def _epochs_to_steps(epochs: float, batch: int) -> int:
+    return int(epochs * EPOCH // batch)
+
+
+def paper_stage(kind: str, encoder: str, decoder: str, image_size: int) -> Stage:
+    """One of the paper's stages for a /14 encoder on GPUs (FSDP2, bf16, selective checkpointing)."""
+    batch, epochs, warmup_epochs, base_lr = {"pretrain": (32768, 10_000, 40, 8e-6), "finetune": (16384, 800, 20, 4e-7),
+                                             "highres": (8192, 200, 0, 1e-7)}[kind]
+    config = TrainConfig(
+        encoder=encoder, decoder=decoder, image_size=image_size, text_len=128, tokenizer="wordpiece",
+        batch_size=batch, steps=_epochs_to_steps(epochs, batch), warmup_steps=_epochs_to_steps(warmup_epochs, batch),
+        base_lr=base_lr, weight_decay=0.2, log_every=50, eval_every=5000, ckpt_every=2000, keep_checkpoints=3,
+        parallel="fsdp", activation_checkpointing="selective", meta_init=True, precision="bf16", num_workers=8,
+    )
+    return Stage(f"{image_size}", config)
+
+
+def paper_recipe(encoder: str, decoder: str, high_res: int | None = None) -> list[Stage]:
+    stages = [paper_stage("pretrain", encoder, decoder, 84), paper_stage("finetune", encoder, decoder, 224)]
+    if high_res:
+        stages.append(paper_stage("highres", encoder, decoder, high_res))
+    return stages
+
+
+def tiny_cpu_recipe() -> list[Stage]:
+    """tiny-cpu's model through the same two stages, shrunk: 32 px (4x4 grid with /8, as 84 px gives
+    6x6 with /14) at the pretraining LR rule, then 64 px with a lower LR and a shorter schedule."""
+    low = replace(tiny_cpu(), image_size=32, steps=600, warmup_steps=30, eval_every=200, ckpt_every=200)
+    high = replace(tiny_cpu(), image_size=64, steps=200, warmup_steps=10, base_lr=low.base_lr / 4,
+                   eval_every=100, ckpt_every=100)
+    return [Stage("32", low), Stage("64", high)]
+
+
+RECIPES: dict[str, Callable[[], list[Stage]]] = {
+    "tiny-cpu": tiny_cpu_recipe,
+    "l14": lambda: paper_recipe("L/14", "L"),
+    "l14-336": lambda: paper_recipe("L/14", "L", 336),
+    "so400m14-384": lambda: paper_recipe("So400m/14", "So400m", 384),
+    "h14": lambda: paper_recipe("H/14", "H"),
+    "h14-336": lambda: paper_recipe("H/14", "H", 336),
+    "h14-448": lambda: paper_recipe("H/14", "H", 448),
+    "g14": lambda: paper_recipe("g/14", "H"),
+}
+RECIPE_HELP = {
+    "tiny-cpu": "tiny-cpu's model at 32 px then 64 px on the embedded dataset: the curriculum on 2 CPU cores",
+    "l14": "paper ViT-L/14: 84 px pretraining (12.8B samples) then 224 px fine-tuning (1.0B); GPUs",
+    "l14-336": "l14 plus a 336 px stage (256M samples, inferred from OpenVision 1); GPUs",
+    "so400m14-384": "paper SoViT-400M/14 with a So400m-shaped decoder: 84 -> 224 -> 384 px; GPUs",
+    "h14": "paper ViT-H/14 (H decoder, unconfirmed): 84 -> 224 px; GPUs",
+    "h14-336": "h14 plus a 336 px stage; GPUs",
+    "h14-448": "h14 plus a 448 px stage; GPUs",
+    "g14": "paper ViT-g/14, 1.01B parameters (H decoder, unconfirmed): 84 -> 224 px; GPUs, FSDP2 from the meta device",
+}
+
+
+def get_recipe(name: str) -> list[Stage]:
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}: use one of {', '.join(RECIPES)}")
+    return RECIPES[name]()
+
+
+def stage_dir(out_dir: Path, stage: Stage) -> Path:
+    return out_dir / f"stage-{stage.name}"
+
+
+def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps: int | None = None,
+               progress: bool = True) -> list[dict]:
+    """Train every stage of a recipe in order; returns the summaries of the stages run now."""
+    from .distributed import barrier, init_world
+    from .loop import train
+
+    world = init_world()
+    out_dir = Path(out_dir)
+    stages, summaries, previous = get_recipe(name), [], None
+    for index, stage in enumerate(stages):
+        directory = stage_dir(out_dir, stage)
+        config = apply_overrides(replace(stage.config), list(overrides))
+        if steps is not None:
+            config.steps = steps
+        if previous is not None:
+            config.init_from = str(previous)
+        if (directory / DONE).is_file():
+            previous = directory
+            continue
+        if world.is_main:
+            print(f"== recipe {name}: stage {index + 1}/{len(stages)} ({stage.name}) in {directory}", flush=True)
+        summary = train(config, directory, progress=progress, resume=True)
+        summaries.append(summary)
+        if summary.get("stopped"):
+            return summaries
+        if world.is_main:
+            (directory / DONE).write_text(json.dumps({k: summary[k] for k in ("first_val_loss", "final_val_loss",
+                                                                              "step", "checkpoint")}) + "\n")
+            link_latest(out_dir, directory)
+        barrier(world)
+        previous = directory
+    return summaries
+
+
+def link_latest(out_dir: Path, directory: Path) -> None:
+    """OUT/checkpoints/latest -> the newest stage's export, as a relative path."""
+    stage_latest = (directory / "checkpoints" / LATEST).read_text().strip()
+    pointer_dir = out_dir / "checkpoints"
+    pointer_dir.mkdir(parents=True, exist_ok=True)
+    tmp = pointer_dir / f".{LATEST}.tmp"
+    tmp.write_text(f"../{directory.name}/checkpoints/{stage_latest}\n")
+    tmp.replace(pointer_dir / LATEST)

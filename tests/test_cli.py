@@ -1,0 +1,78 @@
+"""The `ov2` command end to end, and one-line errors for bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openvision2.cli import main
+
+TINY = ["encoder=mu/8", "decoder=mu", "image_size=32", "text_len=32", "train_samples=256", "val_samples=8",
+        "batch_size=8", "warmup_steps=2", "eval_every=3", "ckpt_every=3", "show_captions=2", "num_workers=0",
+        "precision=fp32"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--out", str(out), "--steps", "4", "--no-progress", *TINY]) == 0
+    return out
+
+
+def test_train_writes_metrics_and_a_self_contained_checkpoint(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert any('"val_loss"' in line for line in lines) and any('"images_per_s"' in line for line in lines)
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == "step-0000004"
+    ckpt = run_dir / "checkpoints" / latest
+    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json",
+                                                "tokenizer_config.json"}
+    assert len(list((run_dir / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints prunes older ones
+
+
+def test_caption_command(run_dir, tmp_path, capsys):
+    path = tmp_path / "shapes.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
+    capsys.readouterr()
+    assert main(["caption", "--checkpoint", str(run_dir), str(path)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{path}\t")
+
+
+def one_line_error(argv, capsys) -> str:
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err and err.startswith("ov2 ")
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "encoder=Q/3"], "unknown encoder 'Q/3'"),
+    (["train", "decoder=Q"], "unknown decoder 'Q'"),
+    (["train", "keep_ratio=0"], "keep_ratio must be in (0, 1]"),
+    (["train", "keep_ratio=1.5"], "keep_ratio must be in (0, 1]"),
+    (["train", "stepz=3"], "unknown override key 'stepz'; did you mean steps"),
+    (["train", "steps=many"], "override steps=many: expected an integer"),
+    (["train", "keep_ratio=lots"], "override keep_ratio=lots: expected a number"),
+    (["train", "steps"], "not of the form key=value"),
+])
+def test_bad_train_input_is_one_line(argv, message, capsys, tmp_path):
+    argv = [argv[0], "--out", str(tmp_path / "r"), "--steps", "1", *argv[1:]] if "--preset" not in argv else argv
+    assert message in one_line_error(argv + ["num_workers=0"] if "stepz=3" not in argv else argv, capsys)
+
+
+def test_missing_or_unreadable_checkpoint(tmp_path, capsys):
+    assert "does not exist" in one_line_error(["caption", "--checkpoint", str(tmp_path / "x"), "a.png"], capsys)
+    assert "no checkpoint in" in one_line_error(["caption", "--checkpoint", str(tmp_path), "a.png"], capsys)
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    assert "cannot read checkpoint" in one_line_error(["caption", "--checkpoint", str(tmp_path), "a.png"], capsys)
+
+
+def test_missing_or_unreadable_image(run_dir, tmp_path, capsys):
+    err = one_line_error(["caption", "--checkpoint", str(run_dir), str(tmp_path / "none.png")], capsys)
+    assert "does not exist" in err
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is not an image")
+    assert "cannot read image" in one_line_error(["caption", "--checkpoint", str(run_dir), str(bad)], capsys)
