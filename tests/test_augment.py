@@ -118,21 +118,24 @@ def test_jitter_and_grayscale_rates_and_uint8_output():
 
 
 def test_colour_ops_match_their_tf_definitions():
-    x = np.random.default_rng(0).random((6, 6, 3), dtype=np.float32)  # [H, W, 3] in [0, 1]
-    x[0, 0] = 0.5  # a gray pixel
-    for delta in (-0.08, 0.03, 0.4):
-        expected = TVF.adjust_hue(torch.from_numpy(x).permute(2, 0, 1), delta).permute(1, 2, 0).numpy()
+    x = np.random.default_rng(0).random((3, 6, 6), dtype=np.float32)  # [3, H, W] in [0, 1]
+    x[:, 0, 0] = 0.5  # a gray pixel
+    x[1, 0, 1] = x[0, 0, 1]  # a tie for the largest channel
+    for delta in (-0.08, 0.03, 0.4, -0.5):
+        expected = TVF.adjust_hue(torch.from_numpy(x), delta).numpy()
         np.testing.assert_allclose(augment._hue(x.copy(), delta), expected, atol=1e-5)
     for factor in (0.7, 1.3):
         out = augment._saturation(x.copy(), factor)
         for i in range(6):
             for j in range(6):
-                h, s, v = colorsys.rgb_to_hsv(*x[i, j].tolist())
-                np.testing.assert_allclose(out[i, j], colorsys.hsv_to_rgb(h, min(s * factor, 1.0), v), atol=1e-5)
+                h, s, v = colorsys.rgb_to_hsv(*x[:, i, j].tolist())
+                np.testing.assert_allclose(out[:, i, j], colorsys.hsv_to_rgb(h, min(s * factor, 1.0), v), atol=1e-5)
+    mean = x.mean(axis=(1, 2), keepdims=True)
     contrast = augment._contrast(x.copy(), 1.3)  # per-channel mean kept, deviations scaled
-    np.testing.assert_allclose(contrast.mean(axis=(0, 1)), x.mean(axis=(0, 1)), atol=1e-5)
-    np.testing.assert_allclose(contrast - contrast.mean(axis=(0, 1)), 1.3 * (x - x.mean(axis=(0, 1))), atol=1e-5)
+    np.testing.assert_allclose(contrast, mean + 1.3 * (x - mean), atol=1e-5)
     np.testing.assert_allclose(augment._brightness(x.copy(), 1.2), x * 1.2, atol=1e-6)
+    gray = augment.grayscale(x)
+    np.testing.assert_allclose(gray[0], 0.2989 * x[0] + 0.587 * x[1] + 0.114 * x[2], atol=1e-6)
 
 
 def test_jitter_strength_04_factor_ranges():
@@ -152,7 +155,7 @@ def test_jitter_strength_04_factor_ranges():
             setattr(augment, name, record(name))
         rng = random.Random(0)
         for _ in range(2000):
-            colour_jitter(np.full((2, 2, 3), 0.5, dtype=np.float32), rng, 0.4)
+            colour_jitter(np.full((3, 2, 2), 0.5, dtype=np.float32), rng, 0.4)
     finally:
         for name, fn in saved.items():
             setattr(augment, name, fn)

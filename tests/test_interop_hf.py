@@ -71,14 +71,17 @@ def test_hf_refuses_models_it_cannot_express(tmp_path, fmt, options):
     assert not (tmp_path / "out").exists()
 
 
-def test_llava_takes_the_hf_export_as_vision_tower(tmp_path):
-    """transformers' LlavaForConditionalGeneration with a tiny random Llama, the ViT export as tower."""
-    model, _ = tiny_checkpoint(tmp_path / "ckpt")
-    out = export_checkpoint(tmp_path / "ckpt", "hf", tmp_path / "hf")
+@pytest.mark.parametrize("fmt,options,strategy", [("hf", {}, "default"), ("hf-clip", {"pre_norm": True}, "default"),
+                                                  ("hf-siglip", {"class_token": False}, "full")],
+                         ids=["hf", "hf-clip", "hf-siglip"])
+def test_llava_takes_the_hf_export_as_vision_tower(tmp_path, fmt, options, strategy):
+    """transformers' LlavaForConditionalGeneration with a tiny random Llama and the export as tower."""
+    model, _ = tiny_checkpoint(tmp_path / "ckpt", **options)
+    out = export_checkpoint(tmp_path / "ckpt", fmt, tmp_path / fmt)
     text_config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
     config = LlavaConfig(vision_config=AutoConfig.from_pretrained(out), text_config=text_config, image_token_id=63,
-                         vision_feature_layer=-1, vision_feature_select_strategy="default")
+                         vision_feature_layer=-1, vision_feature_select_strategy=strategy)
     llava = LlavaForConditionalGeneration(config).eval()
     llava.model.vision_tower = AutoModel.from_pretrained(out).eval()
 
@@ -90,7 +93,7 @@ def test_llava_takes_the_hf_export_as_vision_tower(tmp_path):
     with torch.no_grad():
         logits = llava(input_ids=input_ids, pixel_values=pixel_values).logits
         features = llava.model.get_image_features(pixel_values=pixel_values, vision_feature_layer=-1,
-                                                  vision_feature_select_strategy="default")
+                                                  vision_feature_select_strategy=strategy)
         features = features.pooler_output if hasattr(features, "pooler_output") else features
         features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
         ours = llava.model.multi_modal_projector(model.encoder.forward_tokens(pixel_values)[1])

@@ -164,3 +164,20 @@ def test_open_clip_export_refuses_no_cls(tmp_path):
     with pytest.raises(UserError, match="CLS"):
         export_checkpoint(tmp_path / "ckpt", "open_clip", tmp_path / "oc")
     assert not (tmp_path / "oc").exists()
+
+
+def test_released_open_clip_tower_opens_as_transformers_model(tmp_path):
+    """The request behind the issue: a released (or tuned) open_clip tower as an HF ViTModel, compared
+    directly across the two libraries' own forward passes."""
+    from transformers import AutoModel
+
+    tower = release_tower(seed=3)
+    write_release(tmp_path / "release", tower)
+    assert main(["import", "--from", str(tmp_path / "release"), "--out", str(tmp_path / "ckpt")]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
+    vit = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    x = images()
+    with torch.no_grad():
+        hidden = vit(pixel_values=x, output_hidden_states=True).hidden_states[-1]
+        assert max_diff(hidden[:, 1:], tower(x)[1]) <= TOL
+        assert max_diff(vit.layernorm(hidden[:, 1:].mean(dim=1)), tower(x)[0]) <= TOL

@@ -78,3 +78,11 @@ def test_training_options_reach_the_model():
     assert tokens.shape == (2, (IMAGE_SIZE // 8) ** 2, 32) and pooled.shape == (2, 32)
     default = OpenVision2(TrainConfig(encoder="mu/8", decoder="mu", image_size=32).model_config(48, 0))
     assert default.encoder.cls_token is not None and isinstance(default.encoder.norm_pre, torch.nn.Identity)
+
+
+def test_timm_config_does_not_claim_the_base_architecture_weights(tmp_path):
+    tiny_checkpoint(tmp_path / "ckpt")
+    out = export_checkpoint(tmp_path / "ckpt", "timm", tmp_path / "timm")
+    pretrained_cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert pretrained_cfg["tag"] == "openvision2" and "license" not in pretrained_cfg
+    assert timm.create_model(f"local-dir:{out}", pretrained=True).pretrained_cfg["tag"] == "openvision2"

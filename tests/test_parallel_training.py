@@ -129,3 +129,12 @@ def test_g14_shards_from_meta_without_materialising(tmp_path):
         # next to nothing.
         assert result["rss_growth"] < 200 * 2**20
     assert sum(r["local"] for r in results) >= results[0]["total"]
+
+
+@pytest.mark.parametrize("mode", ["full", "selective"])
+def test_activation_checkpointing_changes_memory_not_results(tmp_path, mode, one_thread):
+    train(tiny_config(steps=3), tmp_path / "plain", progress=False)
+    train(tiny_config(steps=3, activation_checkpointing=mode), tmp_path / mode, progress=False)
+    plain, checkpointed = losses(tmp_path / "plain"), losses(tmp_path / mode)
+    assert checkpointed == pytest.approx(plain, rel=1e-6)
+    assert final_weights(tmp_path / mode).keys() == final_weights(tmp_path / "plain").keys()

@@ -60,53 +60,60 @@ def measure_once(spec: dict) -> dict:
         worker.close()
 
 
-def max_batch(spec: dict, budget_bytes: int, limit: int, log) -> dict:
-    """Largest batch whose peak memory fits budget_bytes (an OOM counts as not fitting).
-
-    Starts at 1 and 2, then tries the batch a straight line through the two largest fitting points
-    predicts (memory grows about linearly with the batch), doubling when there is no prediction and
-    bisecting between the largest fit and the smallest miss, until they are adjacent."""
-    fits: dict[int, int] = {}
-    misses: set[int] = set()
-    trials = []
-
-    def trial(batch: int) -> None:
+def measure_peak(spec: dict):
+    """A measure for find_max_batch: batch -> peak memory bytes in a fresh worker, or None on OOM."""
+    def measure(batch: int) -> int | None:
         try:
-            peak = measure_once({**spec, "shape": {**spec["shape"], "batch_size": batch}})["peak_mem_bytes"]
-            ok = peak <= budget_bytes
+            return measure_once({**spec, "shape": {**spec["shape"], "batch_size": batch}})["peak_mem_bytes"]
         except WorkerFailed as err:
             if not err.oom:
                 raise
-            peak, ok = None, False
+            return None
+
+    return measure
+
+
+def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: None, name: str = "") -> dict:
+    """Largest batch b <= limit with measure(b) <= budget_bytes (measure returns None for an OOM).
+
+    Tries 1 and 2, then once the batch that a straight line through them predicts (memory grows
+    about linearly with the batch) and, if that fits, the next one up; after that it doubles, or
+    bisects between the largest fit and the smallest miss, until those two are adjacent."""
+    fits: dict[int, int] = {}
+    misses: set[int] = set()
+    trials = []
+    predicted_once = False
+
+    def trial(batch: int) -> bool:
+        peak = measure(batch)
+        ok = peak is not None and peak <= budget_bytes
         trials.append({"batch": batch, "peak_mem_bytes": peak, "fits": ok})
-        log(f"  {spec['method']}: batch {batch}: " + (f"{peak / 2**30:.2f} GiB" if peak else "out of memory")
+        log(f"  {name}: batch {batch}: " + (f"{peak / 2**30:.3f} GiB" if peak is not None else "out of memory")
             + (" fits" if ok else " does not fit"))
-        (fits.__setitem__(batch, peak) if ok else misses.add(batch))
+        if ok:
+            fits[batch] = peak
+        else:
+            misses.add(batch)
+        return ok
 
     for batch in (1, 2):
-        if batch <= limit:
-            trial(batch)
-    while True:
-        lo = max(fits, default=0)
-        hi = min(misses, default=limit + 1)
-        if lo == 0 or hi - lo <= 1:
+        if batch <= limit and not trial(batch):
             break
-        candidate = None
-        if len(fits) >= 2:
+    while fits:
+        lo, hi = max(fits), min(misses, default=limit + 1)
+        if hi - lo <= 1:
+            break
+        if not predicted_once and len(fits) >= 2:
+            predicted_once = True
             b1, b2 = sorted(fits)[-2:]
             slope = (fits[b2] - fits[b1]) / (b2 - b1)
             if slope > 0:
-                candidate = int(b2 + (budget_bytes - fits[b2]) / slope)
-        if candidate is None or not lo < candidate < hi:
-            candidate = lo * 2 if hi > limit else (lo + hi) // 2
-        candidate = min(candidate, limit)
-        if candidate <= lo:
-            break
-        trial(candidate)
-        # a prediction that landed just inside the range: check its neighbour to close the gap faster
-        if candidate in fits and candidate + 1 < hi and candidate + 1 not in misses:
-            trial(candidate + 1)
+                candidate = min(max(int(b2 + (budget_bytes - fits[b2]) / slope), lo + 1), hi - 1)
+                if trial(candidate) and candidate + 1 < hi:
+                    trial(candidate + 1)
+                continue
+        trial(min(lo * 2, limit) if hi > limit else (lo + hi) // 2)
     best = max(fits, default=0)
     if best == 0:
-        raise UserError(f"{spec['method']}: even batch 1 does not fit in {budget_bytes / 2**30:.2f} GiB")
+        raise UserError(f"{name}: even batch 1 does not fit in {budget_bytes / 2**30:.2f} GiB")
     return {"max_batch": best, "at_limit": best >= limit, "trials": trials}

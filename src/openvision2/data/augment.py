@@ -52,50 +52,58 @@ def inception_crop_box(width: int, height: int, rng: random.Random, area: tuple[
     return full_box(width, height)
 
 
-# The colour ops work on float32 [H, W, 3] numpy arrays in [0, 1]: numpy runs them single-threaded
-# with little per-op overhead, where torch's intra-op threads cost more than the work at 84 px.
+# The colour ops work on float32 [3, H, W] numpy arrays in [0, 1] with whole-plane elementwise ops:
+# numpy runs them single-threaded with little per-op overhead, where torch's intra-op threads cost more
+# than the work at 84 px, and channel planes avoid slow reductions over a size-3 axis.
 def _brightness(x: np.ndarray, factor: float) -> np.ndarray:
-    x *= factor  # SimCLR-v2 brightness is multiplicative
+    x *= np.float32(factor)  # SimCLR-v2 brightness is multiplicative
     return x
 
 
 def _contrast(x: np.ndarray, factor: float) -> np.ndarray:
-    mean = x.mean(axis=(0, 1))  # tf.image.adjust_contrast: per-channel mean
+    mean = x.reshape(3, -1).mean(axis=1)[:, None, None]  # tf.image.adjust_contrast: per-channel mean
     x -= mean
-    x *= factor
+    x *= np.float32(factor)
     x += mean
     return x
+
+
+def _max_min(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.maximum(np.maximum(x[0], x[1]), x[2]), np.minimum(np.minimum(x[0], x[1]), x[2])
 
 
 def _saturation(x: np.ndarray, factor: float) -> np.ndarray:
     """tf.image.adjust_saturation (HSV saturation times factor, clipped to 1) without an HSV round trip:
     with V = max channel, scaling S by f moves every channel to V - f (V - c), and clipping S at 1
     caps f at V / (V - min). (Gray pixels have c = V, so any cap leaves them alone.)"""
-    value = x.max(axis=2, keepdims=True)
-    spread = value - x.min(axis=2, keepdims=True)
-    scale = np.minimum(factor, value / np.maximum(spread, 1e-12))
+    value, low = _max_min(x)
+    scale = np.minimum(np.float32(factor), value / np.maximum(value - low, np.float32(1e-12)))
     return value - scale * (value - x)
 
 
-_HSV_OFFSETS = np.array([5.0, 3.0, 1.0], dtype=np.float32)
+_HSV_OFFSETS = np.array([5.0, 3.0, 1.0], dtype=np.float32)[:, None, None]
 
 
 def _hue(x: np.ndarray, delta: float) -> np.ndarray:
-    """tf.image.adjust_hue: rotate the HSV hue by `delta` turns, S and V unchanged. Written out (no HSV
-    round trip): with V = max, C = max - min and the hue H in sixths of a turn, channel n (R 5, G 3,
+    """tf.image.adjust_hue: rotate the HSV hue by `delta` turns, S and V unchanged, without an HSV
+    round trip: with V = max, C = max - min and the hue H in sixths of a turn, channel n (R 5, G 3,
     B 1) is V - C * clip(min(k, 4 - k), 0, 1) where k = (n + H) mod 6."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    argmax = x.argmax(axis=2)
-    value = x.max(axis=2)
-    chroma = value - x.min(axis=2)
-    safe = np.maximum(chroma, 1e-12)
-    hue = np.where(argmax == 0, ((g - b) / safe) % 6, np.where(argmax == 1, (b - r) / safe + 2, (r - g) / safe + 4))
-    k = (_HSV_OFFSETS + (hue + np.float32(6 * delta))[..., None]) % 6
-    return value[..., None] - chroma[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+    r, g, b = x
+    value, low = _max_min(x)
+    chroma = value - low
+    # H * C, in [-C, 5C): the max channel picks the sector (R first on ties, like argmax)
+    hue = np.where(r == value, g - b, np.where(g == value, (b - r) + 2 * chroma, (r - g) + 4 * chroma))
+    hue *= np.float32(1) / np.maximum(chroma, np.float32(1e-12))
+    k = _HSV_OFFSETS + (hue + np.float32((6 * delta) % 6))  # in [0, 16): wrap into [0, 6)
+    k -= np.float32(6) * (k >= 6)
+    k -= np.float32(6) * (k >= 6)
+    np.minimum(k, 4 - k, out=k)
+    np.clip(k, 0, 1, out=k)
+    return value - chroma * k
 
 
 def colour_jitter(x: np.ndarray, rng: random.Random, strength: float = 0.4) -> np.ndarray:
-    """SimCLR-v2 `color_jitter_rand` on a float32 [H, W, 3] image in [0, 1]: brightness, contrast,
+    """SimCLR-v2 `color_jitter_rand` on a float32 [3, H, W] image in [0, 1]: brightness, contrast,
     saturation (0.8 s) and hue (0.2 s) in random order, clipping to [0, 1] after each."""
     b = c = s = 0.8 * strength
     h = 0.2 * strength
@@ -103,13 +111,15 @@ def colour_jitter(x: np.ndarray, rng: random.Random, strength: float = 0.4) -> n
            (_saturation, rng.uniform(1 - s, 1 + s)), (_hue, rng.uniform(-h, h))]
     rng.shuffle(ops)
     for op, value in ops:
-        x = np.clip(op(x, value), 0.0, 1.0, dtype=np.float32)
+        x = op(x, value)
+        np.clip(x, 0.0, 1.0, out=x)
     return x
 
 
 def grayscale(x: np.ndarray) -> np.ndarray:
-    gray = x @ np.asarray(GRAY_WEIGHTS, dtype=np.float32)
-    return np.repeat(gray[..., None], 3, axis=2)
+    w = GRAY_WEIGHTS
+    gray = np.float32(w[0]) * x[0] + np.float32(w[1]) * x[1] + np.float32(w[2]) * x[2]
+    return np.broadcast_to(gray, x.shape)
 
 
 @dataclass(frozen=True)
@@ -130,13 +140,12 @@ class TrainAugment:
         jitter, gray = rng.random() < self.jitter_prob, rng.random() < self.gray_prob
         if not (jitter or gray):
             return to_uint8_tensor(image)
-        x = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+        x = np.asarray(image).transpose(2, 0, 1).astype(np.float32) * np.float32(1 / 255)
         if jitter:
             x = colour_jitter(x, rng, self.jitter_strength)
         if gray:
             x = grayscale(x)
-        pixels = np.rint(x * np.float32(255)).astype(np.uint8)
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(np.rint(x * np.float32(255)).astype(np.uint8))
 
 
 @dataclass(frozen=True)

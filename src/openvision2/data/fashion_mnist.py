@@ -85,8 +85,8 @@ def write_fashion_mnist(out_dir: str | Path, source: str | Path = DEFAULT_DIR, p
     return result
 
 
-def caption_names_class(caption: str, label: int) -> bool:
+def caption_names_class(caption: str, label: int, classes: tuple[str, ...] = CLASSES) -> bool:
     """True if the caption names the label's class and no other class ("t-shirt" is not "shirt")."""
     # word-bounded matching; a tokenizer may decode "t-shirt" as "t - shirt"
     text = " " + " ".join(caption.lower().replace(" - ", "-").replace(".", " ").split()) + " "
-    return {i for i, name in enumerate(CLASSES) if f" {name} " in text} == {label}
+    return {i for i, name in enumerate(classes) if f" {name} " in text} == {label}

@@ -125,7 +125,7 @@ def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) 
 class IndexCache:
     """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers)."""
 
-    def __init__(self, capacity: int = 64):
+    def __init__(self, capacity: int = 16):  # an index costs ~0.5 kB a sample: bounded memory
         self.capacity, self._items = capacity, OrderedDict()
 
     def get(self, path: str) -> ShardIndex | UnreadableShard:

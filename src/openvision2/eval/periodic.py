@@ -74,6 +74,9 @@ def config_images(config) -> int:
 def run_evals(model, tokenizer, config, evals: str | None = None, attentive_epochs: int = 10) -> dict[str, float]:
     """The configured evaluations of `model` (left in the train/eval mode it came in)."""
     chosen = parse_evals(getattr(config, "evals", "") if evals is None else evals)
+    if not hasattr(getattr(model, "decoder", None), "forward_cached"):
+        # no left-to-right decoder (e.g. OpenVision 1's parallel one): only the probes apply
+        chosen = tuple(e for e in chosen if e == "probe")
     metrics: dict[str, float] = {}
     task = task_for(config) if {"zeroshot", "probe"} & set(chosen) else None
     if "zeroshot" in chosen and task is not None:

@@ -91,6 +91,13 @@ def synthetic_task(task: str, image_size: int, num_train: int = 2000, num_test: 
                               _single_group_split("val", num_test, image_size, seed, label_of))
 
 
+def _key_and_ext(name: str) -> tuple[str, str]:
+    """WebDataset's grouping: the key is the path up to the first dot of the file name."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return f"{folder}/{stem}" if folder else stem, ext.lower()
+
+
 def _read_shards(paths: list[Path], limit: int, image_size: int) -> tuple[Split, dict]:
     """The first `limit` samples with an image and a json label from tar shards, in shard order."""
     samples: dict[str, dict] = {}
@@ -100,7 +107,7 @@ def _read_shards(paths: list[Path], limit: int, image_size: int) -> tuple[Split,
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.partition(".")
+                key, ext = _key_and_ext(member.name)
                 if key not in samples:
                     samples[key] = {}
                     order.append(key)
@@ -180,7 +187,7 @@ def shard_captions(shards: str, count: int, image_size: int) -> CaptionSet:
             samples: dict[str, dict] = {}
             for member in tar:
                 if member.isfile():
-                    key, _, ext = member.name.partition(".")
+                    key, ext = _key_and_ext(member.name)
                     samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
         for sample in samples.values():
             image_ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in sample), None)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from .preprocessing import Preprocess
-from .spec import LAYER_NORM_EPS, EncoderSpec
+from .spec import LAYER_NORM_EPS, EncoderSpec, mlp_ratio
 
 CONFIG = "open_clip_config.json"
 WEIGHTS = "open_clip_model.safetensors"
@@ -31,18 +31,12 @@ _BLOCK_KEYS = (  # (ours under blocks.{i}., open_clip under transformer.resblock
 )
 
 
-def _mlp_ratio(width: int, mlp_dim: int) -> float:
-    """A ratio with int(width * ratio) == mlp_dim, as open_clip and timm size the MLP."""
-    ratio = mlp_dim / width
-    return ratio if int(width * ratio) == mlp_dim else (mlp_dim + 0.5) / width
-
-
 def vision_cfg(spec: EncoderSpec) -> dict:
     if not spec.class_token:
         raise UserError("open_clip's VisionTransformer always has a CLS token: a model trained with "
                         "class_token=false cannot be exported to open_clip exactly (use --format timm or hf-siglip)")
     return dict(image_size=spec.image_size, patch_size=spec.patch, width=spec.width, layers=spec.depth,
-                head_width=spec.width // spec.heads, mlp_ratio=_mlp_ratio(spec.width, spec.mlp_dim),
+                head_width=spec.width // spec.heads, mlp_ratio=mlp_ratio(spec.width, spec.mlp_dim),
                 no_ln_pre=not spec.pre_norm, pool_type="avg", final_ln_after_pool=True, output_tokens=True,
                 norm_kwargs=dict(eps=LAYER_NORM_EPS))
 

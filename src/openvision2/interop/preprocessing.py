@@ -25,9 +25,9 @@ class Preprocess:
     def from_dict(cls, data: dict) -> "Preprocess":
         size = data["size"]
         size = size[0] if isinstance(size, (list, tuple)) else size
-        return cls(size=int(size), mean=tuple(data.get("mean", MEAN)), std=tuple(data.get("std", STD)),
-                   interpolation=data.get("interpolation", "bilinear"),
-                   resize_mode=data.get("resize_mode", "squash"))
+        return cls(size=int(size), mean=tuple(data.get("mean") or MEAN), std=tuple(data.get("std") or STD),
+                   interpolation=data.get("interpolation") or "bilinear",
+                   resize_mode=data.get("resize_mode") or "squash")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -70,6 +70,12 @@ class EncoderSpec:
             raise UserError(f"image size {self.image_size} is not a multiple of the patch size {self.patch}")
 
 
+def mlp_ratio(width: int, mlp_dim: int) -> float:
+    """A ratio with int(width * ratio) == mlp_dim, as open_clip and timm size the MLP from a ratio."""
+    ratio = mlp_dim / width
+    return ratio if int(width * ratio) == mlp_dim else (mlp_dim + 0.5) / width
+
+
 def split_qkv(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """timm's and open_clip's packed q/k/v (rows in q, k, v order) -> three tensors."""
     return tuple(t.contiguous() for t in weight.chunk(3, dim=0))

@@ -131,9 +131,21 @@ class OpenVision1(nn.Module):
         self.text_encoder = TextEncoder(text_size, config.vocab_size, config.alt_text_len, embed_dim, device=device)
         self.decoder = QueryCaptionDecoder(decoder_size(config.decoder), self.encoder.embed_dim, text_size.width,
                                            config.vocab_size, config.text_len, device=device)
-        self.logit_scale = nn.Parameter(torch.full((), math.log(1 / 0.07), device=device))
+        self.logit_scale = nn.Parameter(torch.empty((), device=device))
         if device is None or torch.device(device).type != "meta":
-            nn.init.normal_(self.image_head.weight, std=self.encoder.embed_dim ** -0.5)
+            self._init_own_parameters()
+
+    @torch.no_grad()
+    def _init_own_parameters(self) -> None:
+        nn.init.normal_(self.image_head.weight, std=self.encoder.embed_dim ** -0.5)
+        self.logit_scale.fill_(math.log(1 / 0.07))  # learned temperature, init 1/0.07 (SPEC §6)
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Every part's initialisation (for a model materialised from the meta device)."""
+        for part in (self.encoder, self.text_encoder, self.decoder):
+            part.reset_parameters()
+        self._init_own_parameters()
 
     def encode_image(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised images [B, 3, H, W] -> (pooled [B, D], patch tokens [B, N, D])."""

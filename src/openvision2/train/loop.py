@@ -98,6 +98,13 @@ def loss_tokens(batch: dict, pad_id: int) -> int:
     return int(caption_targets(batch["captions"], pad_id)[2].sum())
 
 
+def train_batches(config: TrainConfig, train_set, collate, world: World):
+    """This rank's micro-batches, endlessly: an iterable with state_dict() / load_state_dict() (saved
+    in every checkpoint, per rank) and optionally bad_samples() -> {reason: count} (logged)."""
+    return ResumableBatches(train_set, config.batch_size, collate, rank=world.rank, world_size=world.world_size,
+                            micro_batches=config.grad_accum, num_workers=config.num_workers, seed=config.seed)
+
+
 def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -122,7 +129,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     # torchrun's elastic agent restarts failed workers: they pick the run up where it was saved.
     resume = resume or world.restart_count > 0
     resume_from = ckpt.latest_checkpoint(checkpoints) if resume else None
-    if resume and resume_from is None:
+    if resume and resume_from is None and checkpoints.is_dir():
         log(f"no checkpoint in {checkpoints} yet: starting from scratch", flush=True)
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,8 +158,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
 
     collate = CaptionCollate(tokenizer, config.text_len, getattr(model, "batch_fields", ()),
                              getattr(config, "alt_text_len", 80))
-    batches = ResumableBatches(train_set, config.batch_size, collate, rank=world.rank, world_size=world.world_size,
-                               micro_batches=config.grad_accum, num_workers=config.num_workers, seed=config.seed)
+    batches = train_batches(config, train_set, collate, world)
     val_batch = fixed_batch(val_set, collate, config.val_samples)
     # FSDP's forward must run on every rank; the plain module serves evaluation otherwise.
     eval_model = wrapped if parallel == "fsdp" else unwrap(wrapped)
@@ -192,7 +198,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     if metrics:
         metrics.write({"step": start_step, "val_loss": val_loss})
 
-    flops = train_flops_per_sample(unwrap(model), config.image_size, config.text_len)
+    flops = train_flops_per_sample(config, tokenizer.vocab_size)
     peak_tflops = device_peak_tflops(device, config.peak_tflops)
     stream = iter(batches)
     bar = tqdm(range(start_step + 1, config.steps + 1), disable=not (progress and world.is_main), desc="train",
@@ -205,7 +211,6 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
             started = time.perf_counter()
             micro = [next(stream) for _ in range(config.grad_accum)]
             data_seconds = time.perf_counter() - started
-            # hook: data-loader counters (bad samples, ...) would be read here and added to `record`
             local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), float(sigterm.raised)],
                                  dtype=torch.float64, device=device)
             global_tokens, stop = all_reduce_sum(local, world).tolist()
@@ -240,6 +245,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
                 record = {"step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm,
                           **window.summary(flops, world.world_size, peak_tflops, device),
                           "skipped_steps": guard.skipped}
+                if hasattr(batches, "bad_samples"):  # a loader that skips undecodable samples counts them
+                    record["bad_samples"] = sum(batches.bad_samples().values())
                 if metrics:
                     metrics.write(record)
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}")

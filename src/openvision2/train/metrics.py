@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 # Dense bf16 peak TFLOP/s per device, by a substring of torch.cuda.get_device_name().
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
@@ -30,29 +29,16 @@ def device_peak_tflops(device: torch.device, configured: float) -> float | None:
     return None
 
 
-def _params(module: nn.Module | None) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+def train_flops_per_sample(config, vocab_size: int) -> float:
+    """Training FLOPs of one image-caption pair: 3 x the forward FLOPs of openvision2.flops (the
+    SPEC §5.4 counting that reproduces the paper's FLOPs/image), for the run's method and shapes."""
+    from ..flops import Shape, count
 
-
-def train_flops_per_sample(model: nn.Module, image_size: int, text_len: int) -> float:
-    """Training FLOPs of one image-caption pair: 3 x forward, forward = 2 x params x tokens per tower
-    (attention scores ignored; SPEC §5.4 shows they are a few per cent at these lengths).
-
-    Uses openvision2.flops when that module provides `train_flops_per_sample(model, image_size, text_len)`."""
-    try:
-        from .. import flops
-
-        return float(flops.train_flops_per_sample(model, image_size, text_len))
-    except (ImportError, AttributeError):
-        pass
-    encoder, decoder = getattr(model, "encoder", None), getattr(model, "decoder", None)
-    if encoder is None or decoder is None:
-        return 6.0 * _params(model) * text_len
-    patch = encoder.patch_embed.patch_size[0]
-    grid_tokens = (image_size // patch) ** 2
-    keep = getattr(getattr(model, "config", None), "keep_ratio", 1.0)
-    decoder_tokens = int(grid_tokens * keep) + text_len - 1
-    return 6.0 * (_params(encoder) * (grid_tokens + 1) + _params(decoder) * decoder_tokens)
+    shape = Shape(method=config.method, encoder=config.encoder, decoder=config.decoder, image_size=config.image_size,
+                  keep_ratio=config.keep_ratio, text_len=config.text_len, alt_text_len=config.alt_text_len,
+                  vocab_size=vocab_size, text_encoder=config.text_encoder,
+                  text_passes=2 if config.method == "openvision1" else 1, text_pos=config.text_pos == "learned")
+    return 3.0 * count(shape).total_flops
 
 
 def peak_memory_gib(device: torch.device) -> float:

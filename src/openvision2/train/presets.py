@@ -48,6 +48,20 @@ def tiny_cpu_cappa() -> TrainConfig:
 
 
 @preset
+def fashion_mnist_cpu() -> TrainConfig:
+    """tiny-cpu's method on Fashion-MNIST shards (`ov2 shards --fashion-mnist --out data/fashion-mnist`):
+    32 px in 8 px patches (16 tokens, 5 kept), SPEC §4.2 augmentations, one caption template drawn per
+    visit; `ov2 caption-accuracy` then scores the test captions by the class they name."""
+    return TrainConfig(
+        encoder="nano/8", decoder="nano", image_size=32, text_len=24, tokenizer="bpe", bpe_vocab_size=256,
+        dataset="shards", train_shards="data/fashion-mnist/train-{000000..000005}.tar",
+        val_shards="data/fashion-mnist/test-000000.tar", caption_key="captions", shuffle_buffer=20_000,
+        val_samples=256, batch_size=128, steps=800, warmup_steps=40, base_lr=1.6e-3,
+        weight_decay=0.05, log_every=10, eval_every=250, ckpt_every=500,
+    )
+
+
+@preset
 def l14_stage1() -> TrainConfig:
     """The paper's ViT-L/14 stage 1 (SPEC §4.3): 84 px, batch 32768, 12.8B samples (390,981 steps),
     warmup 1,563 steps, peak LR 8e-6 x 32768/256 = 1.024e-3, keep 0.35, L decoder, WordPiece.

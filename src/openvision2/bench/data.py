@@ -1,0 +1,228 @@
+"""ov2 bench data: images/s per CPU core from shards to augmented uint8 batches, beside open_clip.
+
+Both pipelines read the same shards of photo-sized JPEGs (500x375 to 800x600, cut from the sample
+photos that matplotlib, and scikit-learn where installed, ship; smooth synthetic photos otherwise)
+in one process with one thread, and produce batches of `res` x `res` images with the SPEC §4.2
+augmentations:
+  openvision2: ShardDataset + TrainAugment (crop box on the original size, reduced-size JPEG decode,
+               numpy SimCLR-v2 jitter) -> uint8 [B, 3, res, res];
+  open_clip:   its WebDataset pipeline stages (tarfile_to_samples, shuffle, decode("pilrgb"), rename,
+               map_dict, to_tuple, batched) with open_clip.image_transform(res, is_train=True,
+               aug_cfg scale 0.4-1, colour jitter 0.32/0.32/0.32/0.08 p 0.8, grayscale p 0.2) -> float.
+The cost is process CPU time (user + system), so images per CPU-second = images/s per core, and other
+processes on the machine do not distort it. Output statistics (per-channel mean and std on the 0-255
+scale) are printed beside the speed to show the two produce the same kind of images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HELP = "benchmark the data pipeline (shards -> augmented uint8 batches) against open_clip's"
+SIZES = ((500, 375), (375, 500), (640, 480), (800, 600), (640, 427))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--res", default="84,224", help="output resolutions, comma-separated (default: 84,224)")
+    parser.add_argument("--images", type=int, default=600, help="images timed per pipeline and resolution")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--shards", help="existing shards to read (default: generate photo-sized JPEG shards)")
+    parser.add_argument("--keep", help="directory to write the generated shards to (default: a temporary one)")
+    parser.add_argument("--pipelines", default="openvision2,open_clip", help="which pipelines to run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _source_photos():
+    """Real photographs shipped inside installed packages (no download)."""
+    from PIL import Image
+
+    found = []
+    try:
+        import matplotlib
+
+        found.append(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
+    except ImportError:
+        pass
+    try:
+        import sklearn
+
+        found += [Path(sklearn.__file__).parent / "datasets" / "images" / n for n in ("china.jpg", "flower.jpg")]
+    except ImportError:
+        pass
+    return [Image.open(p).convert("RGB") for p in found if p.exists()]
+
+
+def _synthetic_photo(rng, width: int, height: int):
+    """Smooth multi-scale colour noise with a few sharp edges: JPEG-compresses like a photo."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.zeros((height, width, 3), dtype=np.float32)
+    for scale, weight in ((4, 90.0), (16, 40.0), (64, 15.0)):
+        small = rng.normal(0, 1, (max(2, height // (height // scale + 1)), max(2, width // (width // scale + 1)), 3))
+        layer = Image.fromarray(((small - small.min()) / (np.ptp(small) + 1e-6) * 255).astype(np.uint8))
+        image += weight * (np.asarray(layer.resize((width, height), Image.BICUBIC), dtype=np.float32) / 255 - 0.5)
+    image += 128 + rng.normal(0, 3, image.shape)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def write_bench_shards(directory: Path, count: int, per_shard: int = 100, seed: int = 0) -> tuple[list[str], dict]:
+    import numpy as np
+    from PIL import Image
+
+    from ..data.writer import ShardWriter
+
+    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    photos = _source_photos()
+    total_bytes = 0
+    with ShardWriter(directory, prefix="bench", per_shard=per_shard) as writer:
+        for i in range(count):
+            width, height = SIZES[i % len(SIZES)]
+            if photos:
+                photo = photos[i % len(photos)]
+                # a random region with the target's aspect ratio, 60-100% of the photo's extent
+                scale = rng.uniform(0.6, 1.0) * min(photo.width / width, photo.height / height)
+                w, h = width * scale, height * scale
+                x, y = rng.uniform(0, photo.width - w), rng.uniform(0, photo.height - h)
+                image = photo.resize((width, height), Image.BICUBIC, box=(x, y, x + w, y + h))
+            else:
+                image = _synthetic_photo(np_rng, width, height)
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=rng.choice((85, 90, 95)))
+            total_bytes += buffer.tell()
+            writer.write(f"{i:06d}", {"jpg": buffer.getvalue(), "txt": f"photo {i}"})
+    paths = [str(directory / name) for name in sorted(writer.sizes)]
+    return paths, {"images": count, "source": "photos" if photos else "synthetic",
+                   "mean_jpeg_kb": round(total_bytes / count / 1024, 1),
+                   "sizes": [f"{w}x{h}" for w, h in SIZES]}
+
+
+def _channel_stats(images) -> dict:
+    """Per-channel mean and std of uint8-scale images [N, 3, H, W]."""
+    x = images.double()
+    return {"mean": [round(v, 1) for v in x.mean(dim=(0, 2, 3)).tolist()],
+            "std": [round(v, 1) for v in x.std(dim=(0, 2, 3)).tolist()]}
+
+
+def _timed(batches, images: int, warmup: int = 1) -> tuple[float, float, list]:
+    """CPU seconds and wall seconds for `images` images after `warmup` batches; the batches' images."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        next(iterator)
+    kept, seen = [], 0
+    cpu, wall = time.process_time(), time.perf_counter()
+    while seen < images:
+        batch = next(iterator)
+        kept.append(batch)
+        seen += len(batch)
+    return time.process_time() - cpu, time.perf_counter() - wall, kept
+
+
+def run_openvision2(shards: list[str], res: int, images: int, batch_size: int) -> dict:
+    import torch
+
+    from ..data.augment import TrainAugment
+    from ..data.shards import ShardDataset
+
+    dataset = ShardDataset(shards, TrainAugment(res), shuffle=True, shuffle_buffer=1000, batch_size=batch_size)
+    cpu, wall, batches = _timed((b["images"] for b in dataset), images)
+    out = torch.cat(batches)
+    return {"images_per_s_per_core": round(len(out) / cpu, 1), "wall_images_per_s": round(len(out) / wall, 1),
+            "output": {"shape": list(out.shape[1:]), "dtype": str(out.dtype).removeprefix("torch."),
+                       **_channel_stats(out)}}
+
+
+def run_open_clip(shards: list[str], res: int, images: int, batch_size: int) -> dict:
+    import warnings
+
+    import open_clip
+    import torch
+    import webdataset as wds
+    from open_clip.transform import AugmentationCfg
+
+    from ..preprocess import MEAN, STD
+
+    # open_clip warns that the jitter items are "unused" although its transform applies them
+    warnings.filterwarnings("ignore", message="Unused augmentation cfg items")
+    transform = open_clip.image_transform(res, is_train=True, mean=MEAN, std=STD, aug_cfg=AugmentationCfg(
+        scale=(0.4, 1.0), color_jitter=(0.32, 0.32, 0.32, 0.08), color_jitter_prob=0.8, gray_scale_prob=0.2))
+    # open_clip_train.data.get_wds_dataset's training stages (its module needs pandas; the stages are
+    # webdataset's): shard list, tar -> samples, sample shuffle, PIL decode, transform, batch.
+    pipeline = wds.DataPipeline(
+        wds.SimpleShardList(shards), wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        wds.shuffle(bufsize=1000, initial=1000), wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.rename(image="jpg;png;jpeg;webp", text="txt"), wds.map_dict(image=transform),
+        wds.to_tuple("image", "text"), wds.batched(batch_size, partial=False))
+
+    def endless():
+        while True:
+            yield from (images_ for images_, _ in pipeline)
+
+    cpu, wall, batches = _timed(endless(), images)
+    out = torch.cat(batches)
+    unnormalised = (out * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)) * 255
+    return {"images_per_s_per_core": round(len(out) / cpu, 1), "wall_images_per_s": round(len(out) / wall, 1),
+            "output": {"shape": list(out.shape[1:]), "dtype": str(out.dtype).removeprefix("torch."),
+                       **_channel_stats(unnormalised)}}
+
+
+PIPELINES = {"openvision2": run_openvision2, "open_clip": run_open_clip}
+
+
+def run(args) -> int:
+    import torch
+
+    from ..errors import UserError
+
+    try:
+        resolutions = [int(r) for r in args.res.split(",") if r.strip()]
+    except ValueError:
+        raise UserError(f"--res {args.res!r}: give resolutions such as 84,224") from None
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PIPELINES]
+    if unknown or not names or not resolutions:
+        raise UserError(f"--pipelines: use some of {', '.join(PIPELINES)}; --res: at least one resolution")
+    if args.images < args.batch_size or args.batch_size < 1:
+        raise UserError("--images must be at least --batch-size, which must be >= 1")
+    torch.set_num_threads(1)  # per core: one process, one thread
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.shards:
+            from ..data.shards import expand_shards
+
+            shards, corpus = expand_shards(args.shards), {"shards": args.shards}
+        else:
+            directory = Path(args.keep or scratch)
+            say(f"writing {args.images} photo-sized JPEGs into {directory} ...")
+            shards, corpus = write_bench_shards(directory, args.images)
+        results = {name: {"by_res": {}} for name in names}
+        for res in resolutions:
+            for name in names:
+                figures = PIPELINES[name](shards, res, args.images, args.batch_size)
+                results[name]["by_res"][str(res)] = figures
+                say(f"{res:4d} px  {name:12s} {figures['images_per_s_per_core']:8.1f} images/s per core "
+                    f"(wall {figures['wall_images_per_s']:.1f}/s)  output {figures['output']}")
+    for name in names:  # the headline figure: the first resolution (84 px by default)
+        results[name]["images_per_s_per_core"] = results[name]["by_res"][str(resolutions[0])]["images_per_s_per_core"]
+    summary = {**results, "res": resolutions, "corpus": corpus, "batch_size": args.batch_size,
+               "threads": 1, "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    if len(names) == 2:
+        summary["speedup"] = {str(r): round(results["openvision2"]["by_res"][str(r)]["images_per_s_per_core"] /
+                                            results["open_clip"]["by_res"][str(r)]["images_per_s_per_core"], 2)
+                              for r in resolutions}
+        say("openvision2 / open_clip images/s per core: " +
+            ", ".join(f"{r} px {v}x" for r, v in summary["speedup"].items()))
+    if args.json:
+        print(json.dumps(summary))
+    return 0
