@@ -150,6 +150,14 @@ def test_openvision1_trains_with_the_training_loop(tmp_path):
     assert summary["final_val_loss"] < summary["first_val_loss"]
     assert len(summary["captions"]) == 2 and all(isinstance(c, str) for c in summary["captions"])
 
+    from openvision2.checkpoint import load_checkpoint
+    from openvision2.generate import parallel_caption
+
+    model, tokenizer, meta = load_checkpoint(tmp_path)
+    assert isinstance(model, OpenVision1) and meta["model"]["method"] == "openvision1"
+    images = torch.stack([SyntheticCaptions(2, split="val", image_size=32)[i]["image"] for i in range(2)])
+    alt = [SyntheticCaptions(2, split="val", image_size=32)[i]["alt_text"] for i in range(2)]
+    assert len(parallel_caption(model, tokenizer, images, alt)) == 2
 
 def test_cappa_keeps_every_token_and_parallel_prediction_uses_mask_ids():
     cfg = CapPaConfig(encoder="mu/8", decoder="mu", image_size=32, vocab_size=VOCAB, text_len=TEXT,

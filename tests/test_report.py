@@ -12,7 +12,7 @@ from openvision2.checkpoint import mark_latest, save_checkpoint
 from openvision2.cli import main
 from openvision2.data.synthetic import SyntheticCaptions
 from openvision2.eval.report import build_report, read_metrics
-from openvision2.models import ModelConfig, OpenVision2
+from openvision2.models import OpenVision2
 from openvision2.tokenizer import CaptionTokenizer
 from openvision2.train.config import TrainConfig
 

@@ -179,3 +179,11 @@ def test_consecutive_nan_steps_stop_the_run(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="3 consecutive steps.*step-0000002"):
         train(tiny_config(max_bad_steps=3, ckpt_every=2, steps=10), tmp_path, progress=False)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-0000002"
+
+
+def test_resume_with_another_model_is_one_clear_error(tmp_path):
+    from openvision2.errors import UserError
+
+    train(tiny_config(steps=2), tmp_path, progress=False)
+    with pytest.raises(UserError, match="cannot resume from .*step-0000002: it does not fit"):
+        train(tiny_config(steps=4, decoder="nano"), tmp_path, progress=False, resume=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -155,6 +157,14 @@ def test_take_and_captions_for_evaluation_and_tokenizers(shards):
     assert keys(dataset.take(3)) == ["s00000", "s00001", "s00002"]
     assert dataset.captions(limit=12) == [f"caption {i}" for i in range(12)]
     assert len(dataset.captions()) == 20
+    assert len(dataset) == 20  # from sizes.json
+    sizes = Path(shards[0]).parent / "sizes.json"
+    saved = sizes.read_text()
+    sizes.unlink()
+    try:
+        assert len(ShardDataset(shards[:3], EvalResize(SIZE))) == 30  # from the tar headers
+    finally:
+        sizes.write_text(saved)
 
 
 def test_build_from_config_and_train_batches(shards):

@@ -71,7 +71,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         state = load_file(directory / WEIGHTS, device=str(device))
     except Exception as err:  # OSError, JSONDecodeError, SafetensorError: all mean an unreadable checkpoint
         raise UserError(f"cannot read checkpoint {directory}: {err}") from None
-    model = OpenVision2(ModelConfig.from_dict(meta["model"]), device="meta")
+    if meta["model"].get("method") == "openvision1":  # the SPEC §6 baseline (models/openvision1.py)
+        from .models.openvision1 import OpenVision1, OpenVision1Config
+
+        model = OpenVision1(OpenVision1Config.from_dict(meta["model"]), device="meta")
+    else:
+        model = OpenVision2(ModelConfig.from_dict(meta["model"]), device="meta")
     model.load_state_dict(state, assign=True)
     # An encoder-only checkpoint (decoder "none", from `ov2 import`) may come without a tokenizer.
     has_tokenizer = model.decoder is not None or (directory / TOKENIZER_CONFIG).is_file()

@@ -32,7 +32,7 @@ class BenchShape:
     decoder: str = "S"
     text_encoder: str = ""  # OpenVision 1 / CoCa text tower; empty = the decoder's size
     image_size: int = 224
-    batch_size: int = 4
+    batch_size: int = 2
     keep_ratio: float = 0.35
     text_len: int = 128
     alt_text_len: int = 80

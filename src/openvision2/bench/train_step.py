@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-encoder", help="text tower size of OpenVision 1 and CoCa (default: the decoder's)")
     parser.add_argument("--preset", help="take encoder, decoder, resolution, text lengths and vocabulary "
                                          "from a training preset")
-    parser.add_argument("--batch", type=int, help="images per step (default: 4 on CPU, 64 on GPU)")
+    parser.add_argument("--batch", type=int, help="images per step (default: 2 on CPU, 64 on GPU)")
     parser.add_argument("--text-len", type=int, default=None, help="caption length incl. [CLS] (default 128)")
     parser.add_argument("--alt-text-len", type=int, default=None, help="OpenVision 1 text length (default 80)")
     parser.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 32000)")
@@ -99,7 +99,7 @@ def resolve(args):
                         ("vocab_size", args.vocab), ("keep_ratio", args.keep_ratio)):
         if value is not None:
             setattr(shape, attr, value)
-    shape.batch_size = args.batch or (64 if device == "cuda" else 4)
+    shape.batch_size = args.batch or (64 if device == "cuda" else 2)
     parse_encoder_name(shape.encoder)
     decoder_size(shape.decoder)
     decoder_size(shape.text_encoder or shape.decoder)

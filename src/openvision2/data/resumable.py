@@ -21,15 +21,18 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import UserError
+
 
 class ResumableBatches:
     def __init__(self, dataset: Dataset, global_batch: int, collate: Callable, *, rank: int = 0,
                  world_size: int = 1, micro_batches: int = 1, num_workers: int = 0, seed: int = 0):
         if global_batch % (world_size * micro_batches):
-            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks "
+            raise UserError(f"global batch {global_batch} is not divisible by {world_size} ranks "
                              f"x {micro_batches} micro-batches")
         if len(dataset) < global_batch:
-            raise ValueError(f"dataset of {len(dataset)} samples is smaller than one batch of {global_batch}")
+            raise UserError(f"the dataset has {len(dataset)} samples, fewer than one batch of {global_batch}: "
+                            f"raise train_samples or lower batch_size")
         self.dataset, self.global_batch, self.collate = dataset, global_batch, collate
         self.rank, self.world_size, self.micro_batches = rank, world_size, micro_batches
         self.num_workers, self.seed = num_workers, seed
@@ -45,7 +48,7 @@ class ResumableBatches:
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_samples", len(self.dataset)) != len(self.dataset) or \
                 state.get("global_batch", self.global_batch) != self.global_batch:
-            raise ValueError(f"loader state is for {state.get('num_samples')} samples in batches of "
+            raise UserError(f"the checkpoint's data position is for {state.get('num_samples')} samples in batches of "
                              f"{state.get('global_batch')}, not {len(self.dataset)} in batches of {self.global_batch}")
         self.seed = state.get("seed", self.seed)
         self.position, self._delivered = int(state["position"]), int(state.get("micro", 0))

@@ -30,6 +30,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from glob import glob
 
 import numpy as np
@@ -39,6 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from ..errors import UserError
 from .badsamples import BadSample, BadSampleLog
 from .tarindex import ShardIndex, ShardReader, UnreadableShard, index_shard
+from .writer import SIZES_FILE
 
 log = logging.getLogger("openvision2.data")
 
@@ -85,6 +87,16 @@ def parse_sources(spec: str) -> list[Source]:
     if not sources:
         raise UserError("no shards given: set e.g. train_shards=data/train-{000000..000009}.tar")
     return sources
+
+
+@lru_cache(maxsize=64)
+def _read_sizes(path: str) -> dict:
+    try:
+        with open(path) as f:
+            sizes = json.load(f)
+        return sizes if isinstance(sizes, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 # ------------------------------------------------------------------------------------------- captions
@@ -403,6 +415,24 @@ class ShardDataset(IterableDataset):
                 yield out
         finally:
             stream.close()
+
+    def __len__(self) -> int:
+        """Samples in one pass over every shard (bad ones included), from the sizes.json that
+        `ov2 shards` writes beside the shards, else from the shards' headers."""
+        if not hasattr(self, "_length"):
+            total = 0
+            for path in (p for source in self.sources for p in source.shards):
+                sizes_file = os.path.join(os.path.dirname(path), SIZES_FILE)
+                sizes = _read_sizes(sizes_file) if os.path.exists(sizes_file) else {}
+                if os.path.basename(path) in sizes:
+                    total += int(sizes[os.path.basename(path)])
+                else:
+                    try:
+                        total += len(index_shard(path))
+                    except UnreadableShard:
+                        pass
+            self._length = total
+        return self._length
 
     def take(self, count: int) -> list[dict]:
         """The first `count` samples of a single-process pass (e.g. the fixed held-out batch)."""

@@ -26,7 +26,9 @@ from ..data.build import CaptionCollate, build_dataset, fixed_batch
 from ..data.resumable import ResumableBatches
 from ..errors import UserError
 from ..generate import greedy_caption
+from ..models.masking import check_keep_ratio
 from ..models.openvision2 import caption_targets
+from ..models.registry import decoder_size, parse_encoder_name
 from ..precision import autocast, resolve_precision
 from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
@@ -80,6 +82,11 @@ def check_config(config: TrainConfig, world: World) -> None:
     if config.batch_size % (world.world_size * config.grad_accum):
         raise UserError(f"batch_size {config.batch_size} (the global batch) must be divisible by "
                         f"{world.world_size} ranks x grad_accum {config.grad_accum}")
+    # Names and ratios are checked before the (possibly slow) tokenizer and dataset are built.
+    parse_encoder_name(config.encoder)
+    decoder_size(config.decoder)
+    check_keep_ratio(config.keep_ratio)
+    resolve_parallel(config.parallel, world.world_size)
     if config.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
         raise UserError(f"unknown activation_checkpointing {config.activation_checkpointing!r}: "
                         f"use one of {', '.join(ACTIVATION_CHECKPOINTING)}")

@@ -61,10 +61,12 @@ def paper_recipe(encoder: str, decoder: str, high_res: int | None = None) -> lis
 
 
 def tiny_cpu_recipe() -> list[Stage]:
-    """tiny-cpu's model through the same two stages, shrunk: 32 px (4x4 grid with /8, as 84 px gives
-    6x6 with /14) at the pretraining LR rule, then 64 px with a lower LR and a shorter schedule."""
-    low = replace(tiny_cpu(), image_size=32, steps=600, warmup_steps=30, eval_every=200, ckpt_every=200)
-    high = replace(tiny_cpu(), image_size=64, steps=200, warmup_steps=10, base_lr=low.base_lr / 4,
+    """tiny-cpu's model in 8 px patches through the same two stages, shrunk: 32 px (a 4x4 grid, as
+    84 px gives 6x6 with /14) at tiny-cpu's LR, then 64 px (8x8, as 224 px gives 16x16) with a
+    quarter of the LR and a shorter schedule, like the paper's short fine-tune."""
+    low = replace(tiny_cpu(), encoder="nano/8", image_size=32, steps=600, warmup_steps=30, eval_every=200,
+                  ckpt_every=200)
+    high = replace(tiny_cpu(), encoder="nano/8", image_size=64, steps=200, warmup_steps=10, base_lr=low.base_lr / 4,
                    eval_every=100, ckpt_every=100)
     return [Stage("32", low), Stage("64", high)]
 
@@ -132,6 +134,8 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
             link_latest(out_dir, directory)
         barrier(world)
         previous = directory
+    if not summaries and world.is_main:
+        print(f"recipe {name}: all {len(stages)} stages are finished in {out_dir}", flush=True)
     return summaries
 
 

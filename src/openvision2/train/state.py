@@ -146,10 +146,15 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, worl
         if not any(key.startswith(f"optim.state.{name}.") for key in saved_keys):
             del optim_state["state"][name]
     state = {"model": model_state, "optim": optim_state}
-    with single_process_quiet():
-        dcp.load(state, checkpoint_id=directory / SHARDS)
-    set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
+    try:
+        with single_process_quiet():
+            dcp.load(state, checkpoint_id=directory / SHARDS)
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optim"], options=StateDictOptions(strict=False))
+    except (RuntimeError, ValueError, dcp.api.CheckpointException) as err:
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot resume from {directory}: it does not fit this run's model or optimizer "
+                        f"({first_line}); resume with the configuration it was saved with") from None
     own = directory / f"rank-{world.rank:05d}.pt"
     # A resume on more ranks than saved takes rank 0's file (the synthetic stream is rank-independent).
     train_state = torch.load(own if own.is_file() else directory / "rank-00000.pt", weights_only=True)
