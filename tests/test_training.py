@@ -10,11 +10,11 @@ from openvision2.tokenizer import CaptionTokenizer
 from openvision2.train.optim import build_optimizer
 
 
-def setup(num_samples, encoder="mu/8", decoder="mu"):
-    data = SyntheticCaptions(num_samples, image_size=32)
+def setup(num_samples, encoder="mu/8", decoder="mu", image_size=32, **model_options):
+    data = SyntheticCaptions(num_samples, image_size=image_size)
     tokenizer = CaptionTokenizer.train_bpe(data.captions(), vocab_size=128)
-    model = OpenVision2(ModelConfig(encoder=encoder, decoder=decoder, image_size=32,
-                                    vocab_size=tokenizer.vocab_size, text_len=32))
+    model = OpenVision2(ModelConfig(encoder=encoder, decoder=decoder, image_size=image_size,
+                                    vocab_size=tokenizer.vocab_size, text_len=32, **model_options))
     return data, tokenizer, model, CaptionCollate(tokenizer, 32)
 
 
@@ -40,14 +40,17 @@ def held_out_loss(model, images, captions):
 
 
 def test_captions_depend_on_the_image():
-    data, tokenizer, model, collate = setup(4096, encoder="nano/16", decoder="mu")
-    optimizer = build_optimizer(model, 2e-3, 0.0, (0.9, 0.95), 1e-8)
-    loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True, collate_fn=collate, drop_last=True)
-    for step, batch in zip(range(220), loader):
+    # keep_ratio=1 (the CapPa-style setting) learns to use the image in the fewest steps: measured
+    # at 300 steps, held-out loss 0.69 with the right images vs 1.13 shuffled. With keep 0.35 the
+    # gap opens too, but later (0.36 at 500 steps); the test stays short.
+    data, tokenizer, model, collate = setup(9600, encoder="nano/16", image_size=64, keep_ratio=1.0)
+    optimizer = build_optimizer(model, 3e-3, 0.0, (0.9, 0.95), 1e-8)
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True, collate_fn=collate, drop_last=True)
+    for step, batch in zip(range(300), loader):
         model(normalize(batch["images"]), batch["captions"])["loss"].backward()
         optimizer.step()
         optimizer.zero_grad()
-    val = fixed_batch(SyntheticCaptions(256, split="val", image_size=32), collate, 256)
+    val = fixed_batch(SyntheticCaptions(256, split="val", image_size=64), collate, 256)
     images = normalize(val["images"])
     model.eval()
     matched = held_out_loss(model, images, val["captions"])
