@@ -92,7 +92,8 @@ def _load(args):
     from ..generate import check_autoregressive
 
     model, tokenizer, meta = load_checkpoint(args.checkpoint, device=_device(args))
-    check_autoregressive(model)
+    if args.eval_target != "probe":  # probes need only the encoder (imported checkpoints have no decoder)
+        check_autoregressive(model)
     return model, tokenizer, meta
 
 

@@ -9,8 +9,6 @@ gets those parts averaged over micro-batches and ranks.
 
 The random visual-token masks are drawn from a seed of (run seed, step, global micro-batch index),
 so a run's randomness does not depend on how many ranks share the batch, and a resume replays it.
-
-Hooks for further work go where the comments `# hook:` say (periodic evaluations, data counters).
 """
 
 from __future__ import annotations
@@ -22,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.build import CaptionCollate, build_dataset, fixed_batch
-from ..data.resumable import ResumableBatches
+from ..data import build as data
+from ..data.build import CaptionCollate, build_from_config, fixed_batch
 from ..errors import UserError
 from ..generate import greedy_caption
 from ..models.masking import check_keep_ratio
@@ -108,8 +106,17 @@ def loss_tokens(batch: dict, pad_id: int) -> int:
 def train_batches(config: TrainConfig, train_set, collate, world: World):
     """This rank's micro-batches, endlessly: an iterable with state_dict() / load_state_dict() (saved
     in every checkpoint, per rank) and optionally bad_samples() -> {reason: count} (logged)."""
-    return ResumableBatches(train_set, config.batch_size, collate, rank=world.rank, world_size=world.world_size,
-                            micro_batches=config.grad_accum, num_workers=config.num_workers, seed=config.seed)
+    return data.train_batches(config, train_set, collate, world.rank, world.world_size)
+
+
+def periodic_evals(model, tokenizer: CaptionTokenizer, config: TrainConfig, device, dtype) -> dict[str, float]:
+    """The configured evaluations (zero-shot, caption metrics, probes) of eval/periodic.py."""
+    if not config.evals:
+        return {}
+    from ..eval.periodic import run_evals
+
+    with autocast(device, dtype):
+        return run_evals(model, tokenizer, config)
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -145,8 +152,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     barrier(world)
 
     torch.manual_seed(config.seed)
-    train_set = build_dataset(config.dataset, "train", config.train_samples, config.image_size, config.seed)
-    val_set = build_dataset(config.dataset, "val", config.val_samples, config.image_size, config.seed)
+    train_set = build_from_config(config, "train")
+    val_set = build_from_config(config, "val")
     source = resume_from or (config.init_from and ckpt.resolve_checkpoint(config.init_from))
     tokenizer = CaptionTokenizer.load(source) if source else build_tokenizer(config, train_set)
 
@@ -253,18 +260,24 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
                           **window.summary(flops, world.world_size, peak_tflops, device),
                           "skipped_steps": guard.skipped}
                 if hasattr(batches, "bad_samples"):  # a loader that skips undecodable samples counts them
-                    record["bad_samples"] = sum(batches.bad_samples().values())
+                    reasons = batches.bad_samples()
+                    record["bad_samples"] = sum(reasons.values())
+                    record.update({f"bad_samples/{reason}": count for reason, count in reasons.items()})
                 if metrics:
                     metrics.write(record)
                 bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}")
                 window.reset()
             if step % config.eval_every == 0 or step == config.steps:
-                # hook: periodic evaluations (zero-shot, probes, ...) go beside the held-out loss
                 val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
+                # Evaluations decode step by step outside forward(), which FSDP's hooks do not
+                # cover: under FSDP they run on the consolidated checkpoint with `ov2 eval` instead.
+                scores = (periodic_evals(eval_model, tokenizer, config, device, dtype)
+                          if world.is_main and parallel != "fsdp" else {})
                 if metrics:
-                    metrics.write({"step": step, "val_loss": val_loss})
+                    metrics.write({"step": step, "val_loss": val_loss, **scores})
                 if world.is_main:
-                    bar.write(f"step {step}: held-out caption loss {val_loss:.3f}")
+                    shown = "".join(f", {k} {v:.3f}" for k, v in scores.items())
+                    bar.write(f"step {step}: held-out caption loss {val_loss:.3f}{shown}")
             if stop:
                 save(step)
                 preempted = True

@@ -25,7 +25,7 @@ def tiny_cpu() -> TrainConfig:
         encoder="nano/16", decoder="nano", image_size=64, text_len=32,
         tokenizer="bpe", bpe_vocab_size=256, train_samples=100_000,
         batch_size=64, steps=1500, warmup_steps=60, base_lr=1.6e-3,
-        weight_decay=0.05, log_every=10, eval_every=200, ckpt_every=400,
+        weight_decay=0.05, log_every=10, eval_every=500, ckpt_every=500,
     )
 
 
