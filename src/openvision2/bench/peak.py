@@ -24,7 +24,7 @@ def known_peak_tflops(device: torch.device, precision: str) -> float | None:
     return None
 
 
-def matmul_probe_tflops(device: torch.device, precision: str, seconds: float = 1.0) -> float:
+def matmul_probe_tflops(device: torch.device, precision: str, seconds: float = 2.0) -> float:
     """Best observed rate of square matmuls in the benchmark's precision (fp32 on CPU as a rule)."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     n = 8192 if device.type == "cuda" else 1024
