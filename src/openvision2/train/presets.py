@@ -57,7 +57,7 @@ def fashion_mnist_cpu() -> TrainConfig:
         dataset="shards", train_shards="data/fashion-mnist/train-{000000..000005}.tar",
         val_shards="data/fashion-mnist/test-000000.tar", caption_key="captions", shuffle_buffer=20_000,
         val_samples=256, batch_size=128, steps=800, warmup_steps=40, base_lr=1.6e-3,
-        weight_decay=0.05, log_every=10, eval_every=250, ckpt_every=500,
+        weight_decay=0.05, log_every=10, eval_every=250, ckpt_every=500, eval_task="fashion-mnist",
     )
 
 
