@@ -34,6 +34,21 @@ class DecoderBlock(nn.Module):
         self.fc1 = nn.Linear(width, mlp_dim, device=device)
         self.fc2 = nn.Linear(mlp_dim, width, device=device)
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The released text-decoder block initialisation (SPEC §2)."""
+        width = self.qkv.in_features
+        out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
+        nn.init.normal_(self.qkv.weight, std=width ** -0.5)
+        nn.init.normal_(self.proj.weight, std=out_std)
+        nn.init.normal_(self.fc1.weight, std=(2 * width) ** -0.5)
+        nn.init.normal_(self.fc2.weight, std=out_std)
+        for linear in (self.qkv, self.proj, self.fc1, self.fc2):
+            nn.init.zeros_(linear.bias)
+        for norm in (self.norm1, self.norm2):
+            nn.init.ones_(norm.weight)
+            nn.init.zeros_(norm.bias)
+
     def attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
@@ -98,21 +113,12 @@ class CaptionDecoder(nn.Module):
     def reset_parameters(self) -> None:
         """The released initialisation (SPEC §2)."""
         width = self.width
-        out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.visual_proj.weight, std=self.visual_proj.in_features ** -0.5)
         if self.text_pos is not None:
             nn.init.normal_(self.text_pos, std=0.01)
         for block in self.blocks:
-            nn.init.normal_(block.qkv.weight, std=width ** -0.5)
-            nn.init.normal_(block.proj.weight, std=out_std)
-            nn.init.normal_(block.fc1.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.fc2.weight, std=out_std)
-            for linear in (block.qkv, block.proj, block.fc1, block.fc2):
-                nn.init.zeros_(linear.bias)
-            for norm in (block.norm1, block.norm2):
-                nn.init.ones_(norm.weight)
-                nn.init.zeros_(norm.bias)
+            block.reset_parameters()
         nn.init.ones_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(self.head.weight, std=width ** -0.5)

@@ -35,7 +35,6 @@ from .registry import Size, decoder_size
 from .text_encoder import TextEncoder
 from .vit import create_encoder
 
-_INIT_DEPTH = 12  # as in decoder.py: the release hard-wires depth 12 into output-projection inits
 
 
 @dataclass
@@ -88,20 +87,11 @@ class QueryCaptionDecoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         width = self.width
-        out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
         nn.init.normal_(self.queries, std=1.0)  # learnable_tokens, SPEC §6
         for proj in (self.visual_proj, self.text_proj):
             nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
         for block in self.blocks:
-            nn.init.normal_(block.qkv.weight, std=width ** -0.5)
-            nn.init.normal_(block.proj.weight, std=out_std)
-            nn.init.normal_(block.fc1.weight, std=(2 * width) ** -0.5)
-            nn.init.normal_(block.fc2.weight, std=out_std)
-            for linear in (block.qkv, block.proj, block.fc1, block.fc2):
-                nn.init.zeros_(linear.bias)
-            for norm in (block.norm1, block.norm2):
-                nn.init.ones_(norm.weight)
-                nn.init.zeros_(norm.bias)
+            block.reset_parameters()
         nn.init.ones_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(self.head.weight, std=width ** -0.5)
