@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
+from .chunked_ce import vocab_nll
 from .decoder import attention_mask
 from .openvision2 import ModelConfig, OpenVision2, caption_targets
 
@@ -59,8 +59,6 @@ class CapPa(OpenVision2):
             parallel = torch.rand(len(inputs), device=inputs.device) < cfg.parallel_prob
             inputs = torch.where(parallel[:, None], torch.full_like(inputs, cfg.mask_id), inputs)
             attn_mask = parallel_attention_mask(visual.shape[1], inputs.shape[1], cfg.decoder_mask, parallel)
-        logits = self.decoder(visual, inputs, attn_mask=attn_mask)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        nll_sum = (nll * mask.flatten()).sum()
-        num_tokens = mask.sum()
+        states = self.decoder.text_states(visual, inputs, attn_mask=attn_mask)
+        nll_sum, num_tokens = vocab_nll(states, self.decoder.head.weight, targets, mask, cfg.logits_chunk)
         return {"loss": nll_sum / (num_tokens + 1e-8), "nll_sum": nll_sum, "num_tokens": num_tokens}

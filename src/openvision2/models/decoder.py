@@ -129,6 +129,12 @@ class CaptionDecoder(nn.Module):
 
         attn_mask (bool, [K+T, K+T] or [B, 1, K+T, K+T], True = may attend) replaces the configured
         mask, e.g. for CapPa's parallel prediction (models/cappa.py)."""
+        return self.head(self.text_states(visual, text_ids, attn_mask))
+
+    def text_states(self, visual: torch.Tensor, text_ids: torch.Tensor,
+                    attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """forward() up to the vocabulary head: the normalised states [B, T, width] at the text
+        positions (the training loss applies the head in chunks, models/chunked_ce.py)."""
         num_visual, num_text = visual.shape[1], text_ids.shape[1]
         text = self.token_embed(text_ids)
         if self.text_pos is not None:
@@ -139,7 +145,7 @@ class CaptionDecoder(nn.Module):
                 if attn_mask is None else attn_mask)
         for block in self.blocks:
             x = block(x, mask)
-        return self.head(self.norm(x[:, num_visual:]))
+        return self.norm(x[:, num_visual:])
 
     def forward_cached(self, text_ids: torch.Tensor, cache: "KVCache | None" = None,
                        visual: torch.Tensor | None = None) -> tuple[torch.Tensor, "KVCache"]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..contrastive import contrastive_loss
 from ..errors import UserError
+from .chunked_ce import DEFAULT_CHUNK_TOKENS, vocab_nll
 from .decoder import DecoderBlock, attention_mask
 from .openvision2 import caption_targets
 from .registry import Size, decoder_size
@@ -50,6 +51,7 @@ class OpenVision1Config:
     clip_loss_weight: float = 1.0
     caption_loss_weight: float = 2.0
     pad_id: int = 0
+    logits_chunk: int = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary head's loss; 0 = full logits
     method: str = "openvision1"  # lets a checkpoint reader tell the model families apart
 
     def __post_init__(self):
@@ -98,13 +100,17 @@ class QueryCaptionDecoder(nn.Module):
 
     def forward(self, visual: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
         """visual [B, N, D_img], text_tokens [B, T, D_txt] -> logits [B, num_queries, vocab]."""
+        return self.head(self.query_states(visual, text_tokens))
+
+    def query_states(self, visual: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+        """forward() up to the vocabulary head: the normalised query states [B, num_queries, width]."""
         prefix = torch.cat([self.visual_proj(visual), self.text_proj(text_tokens)], dim=1)
         queries = self.queries.to(prefix.dtype).expand(len(prefix), -1, -1)
         x = torch.cat([prefix, queries], dim=1)
         mask = attention_mask(prefix.shape[1], queries.shape[1], "prefix", device=x.device)
         for block in self.blocks:
             x = block(x, mask)
-        return self.head(self.norm(x[:, prefix.shape[1]:]))
+        return self.norm(x[:, prefix.shape[1]:])
 
 
 class OpenVision1(nn.Module):
@@ -157,14 +163,12 @@ class OpenVision1(nn.Module):
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
         contrastive = (contrastive_loss(image_emb, alt_emb, scale) + contrastive_loss(image_emb, sub_emb, scale)) / 2
 
-        logits = self.decoder(patches, text_tokens[: len(images)])
+        states = self.decoder.query_states(patches, text_tokens[: len(images)])
         _, targets, mask = caption_targets(captions, cfg.pad_id)
         # 128 queries, 127 targets: the last query's target is a pad, masked out (labels_for_regress).
-        targets = F.pad(targets, (0, logits.shape[1] - targets.shape[1]), value=cfg.pad_id)
-        mask = F.pad(mask, (0, logits.shape[1] - mask.shape[1]), value=False)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        nll_sum = (nll * mask.flatten()).sum()
-        num_tokens = mask.sum()
+        targets = F.pad(targets, (0, states.shape[1] - targets.shape[1]), value=cfg.pad_id)
+        mask = F.pad(mask, (0, states.shape[1] - mask.shape[1]), value=False)
+        nll_sum, num_tokens = vocab_nll(states, self.decoder.head.weight, targets, mask, cfg.logits_chunk)
         caption = nll_sum / (num_tokens + 1e-8)
         total = cfg.clip_loss_weight * contrastive + cfg.caption_loss_weight * caption
         return {"loss": total / cfg.caption_loss_weight, "total_loss": total, "caption_loss": caption,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .chunked_ce import DEFAULT_CHUNK_TOKENS, vocab_nll
 from .decoder import CaptionDecoder
 from .masking import check_keep_ratio, keep_random_tokens
 from .registry import decoder_size
@@ -34,6 +34,9 @@ class ModelConfig:
     # (what HF CLIPVisionModel / LLaVA-1.5 need) and no CLS token (what SiglipVisionModel needs).
     pre_norm: bool = False
     class_token: bool = True
+    # The training loss applies the vocabulary head in chunks of this many tokens, never holding
+    # the full [tokens, vocab] logits (models/chunked_ce.py); 0 = the full logits. Same loss.
+    logits_chunk: int = DEFAULT_CHUNK_TOKENS
 
     def __post_init__(self):
         check_keep_ratio(self.keep_ratio)
@@ -93,8 +96,6 @@ class OpenVision2(nn.Module):
         can normalise by a count taken over several micro-batches or ranks instead."""
         self.require_decoder()
         inputs, targets, mask = caption_targets(captions, self.config.pad_id)
-        logits = self.decoder(self.visual_prefix(images), inputs)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        nll_sum = (nll * mask.flatten()).sum()
-        num_tokens = mask.sum()
+        states = self.decoder.text_states(self.visual_prefix(images), inputs)
+        nll_sum, num_tokens = vocab_nll(states, self.decoder.head.weight, targets, mask, self.config.logits_chunk)
         return {"loss": nll_sum / (num_tokens + 1e-8), "nll_sum": nll_sum, "num_tokens": num_tokens}

@@ -55,6 +55,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     caption_loss_weight: float = 2.0  # the release scales the loss by 2; reported losses are unscaled
+    logits_chunk: int = 1024  # tokens per chunk of the vocabulary head + cross-entropy; 0 = full logits
     precision: str = "auto"  # "auto": bf16 autocast where bf16 matmuls are fast, else fp32; or "bf16"/"fp32"
     seed: int = 0
     # --- bookkeeping ---
@@ -87,7 +88,7 @@ class TrainConfig:
         return ModelConfig(encoder=self.encoder, decoder=self.decoder, image_size=self.image_size,
                            keep_ratio=self.keep_ratio, decoder_mask=self.decoder_mask, text_pos=self.text_pos,
                            vocab_size=vocab_size, text_len=self.text_len, pad_id=pad_id,
-                           pre_norm=self.pre_norm, class_token=self.class_token)
+                           pre_norm=self.pre_norm, class_token=self.class_token, logits_chunk=self.logits_chunk)
 
     def to_dict(self) -> dict:
         return asdict(self)

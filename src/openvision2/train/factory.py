@@ -37,7 +37,8 @@ def openvision1_config(config: TrainConfig, tokenizer: CaptionTokenizer):
     return OpenVision1Config(encoder=config.encoder, text_encoder=config.text_encoder or config.decoder,
                              decoder=config.decoder, image_size=config.image_size, vocab_size=tokenizer.vocab_size,
                              text_len=config.text_len, alt_text_len=config.alt_text_len,
-                             caption_loss_weight=config.caption_loss_weight, pad_id=tokenizer.pad_id)
+                             caption_loss_weight=config.caption_loss_weight, pad_id=tokenizer.pad_id,
+                             logits_chunk=config.logits_chunk)
 
 
 def cappa_config(config: TrainConfig, tokenizer: CaptionTokenizer):
