@@ -37,6 +37,7 @@ class BenchShape:
     text_len: int = 128
     alt_text_len: int = 80
     vocab_size: int = 32000
+    logits_chunk: int = 1024  # tokens per chunk of the vocabulary head's loss; 0 = full logits (not CoCa)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,19 +73,21 @@ def build_model(method: str, shape: BenchShape, device=None) -> nn.Module:
 
         return OpenVision2(ModelConfig(encoder=shape.encoder, decoder=shape.decoder, image_size=shape.image_size,
                                        keep_ratio=shape.keep_ratio, vocab_size=shape.vocab_size,
-                                       text_len=shape.text_len), device=device)
+                                       text_len=shape.text_len, logits_chunk=shape.logits_chunk), device=device)
     if method == "cappa":
         from ..models.cappa import CapPa, CapPaConfig
 
         return CapPa(CapPaConfig(encoder=shape.encoder, decoder=shape.decoder, image_size=shape.image_size,
-                                 vocab_size=shape.vocab_size, text_len=shape.text_len), device=device)
+                                 vocab_size=shape.vocab_size, text_len=shape.text_len,
+                                 logits_chunk=shape.logits_chunk), device=device)
     if method == "openvision1":
         from ..models.openvision1 import OpenVision1, OpenVision1Config
 
         return OpenVision1(OpenVision1Config(
             encoder=shape.encoder, text_encoder=shape.text_encoder or shape.decoder, decoder=shape.decoder,
             image_size=shape.image_size, vocab_size=shape.vocab_size, text_len=shape.text_len,
-            alt_text_len=shape.alt_text_len, caption_loss_weight=CAPTION_LOSS_WEIGHT), device=device)
+            alt_text_len=shape.alt_text_len, caption_loss_weight=CAPTION_LOSS_WEIGHT,
+            logits_chunk=shape.logits_chunk), device=device)
     return build_coca(shape).to(device)
 
 

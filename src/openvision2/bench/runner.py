@@ -73,6 +73,32 @@ def measure_peak(spec: dict):
     return measure
 
 
+class PeakProbe:
+    """The fast measure for find_max_batch: one worker per method serves every trial with one
+    training step (bench/worker.py "peak"); a worker killed for memory is replaced by a fresh one."""
+
+    def __init__(self, spec: dict):
+        # warm-up at batch 1 creates AdamW's state, which every trial's step then holds, as in training
+        self.spec = {**spec, "shape": {**spec["shape"], "batch_size": 1}, "warmup": 1}
+        self.worker: WorkerProcess | None = None
+
+    def __call__(self, batch: int) -> int | None:
+        if self.worker is None:
+            self.worker = WorkerProcess(self.spec)
+        try:
+            return self.worker.ask({"cmd": "peak", "batch": batch})["peak_mem_bytes"]
+        except WorkerFailed as err:
+            self.worker = None
+            if not err.oom:
+                raise
+            return None
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
 def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: None, name: str = "") -> dict:
     """Largest batch b <= limit with measure(b) <= budget_bytes (measure returns None for an OOM).
 

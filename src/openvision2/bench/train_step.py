@@ -37,8 +37,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps-per-round", type=int, default=1, help="timed steps per method per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first (default 1)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto: bf16 autocast on GPU, fp32 on "
-                                                              "CPU (where bf16 matmuls are far slower)")
+    parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto (default): bf16 autocast on GPU "
+                                                              "and on CPUs with fast bf16 matmuls, else fp32")
+    parser.add_argument("--logits-chunk", type=int, default=None,
+                        help="tokens per chunk of the vocabulary head + cross-entropy (default 1024); "
+                             "0 = full logits (as before the chunked loss)")
+    parser.add_argument("--activation-checkpointing", default="none", choices=("none", "full", "selective"),
+                        help="per-block activation checkpointing, as `ov2 train` applies it (default none)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: known GPU peak, else probe)")
     parser.add_argument("--max-batch", action="store_true", help="also bisect each method's largest batch "
@@ -47,6 +53,15 @@ def add_arguments(parser) -> None:
                                                          "or 3 GiB on CPU)")
     parser.add_argument("--max-batch-limit", type=int, help="largest batch --max-batch tries "
                                                              "(default 8192 on GPU, 64 on CPU)")
+    parser.add_argument("--sweep", metavar="AXIS=V1,V2,...",
+                        help="cost curves: run every method at each value of one axis (res, batch, keep_ratio, "
+                             "precision or logits_chunk) and write sweep-AXIS.json and .png to --out")
+    parser.add_argument("--suite", choices=("gpu",), help="the whole GPU check (bench/gpu_suite.py): one JSON and "
+                                                          "a text summary in --out")
+    parser.add_argument("--dry-run", action="store_true", help="with --suite: tiny models on this machine, to "
+                                                               "check the suite end to end in seconds")
+    parser.add_argument("--out", default="bench-out", help="directory for --sweep and --suite files "
+                                                           "(default bench-out)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -67,15 +82,13 @@ def resolve(args):
         raise UserError(f"unknown device {args.device!r}: use cpu, cuda or auto")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no GPU is visible to torch")
-    precision = ("bf16" if device == "cuda" else "fp32") if args.precision == "auto" else args.precision
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"unknown precision {args.precision!r}: use fp32, bf16 or auto")
+    precision = resolve_bench_precision(args.precision, torch.device(device))
     methods = [check_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods is empty: name at least one of openvision2, openvision1, cappa, coca")
-    for key in ("rounds", "steps_per_round"):
-        if getattr(args, key) < 1:
-            raise UserError(f"--{key.replace('_', '-')} must be at least 1")
+    if args.steps_per_round < 1 or args.rounds < (0 if args.max_batch else 1):
+        raise UserError("--rounds and --steps-per-round must be at least 1 (--rounds 0 with --max-batch: "
+                        "no timing, the largest batch only)")
     if args.warmup < 0:
         raise UserError("--warmup cannot be negative")
 
@@ -96,7 +109,8 @@ def resolve(args):
             shape.decoder = default_decoder(args.model)
     for attr, value in (("decoder", args.decoder), ("text_encoder", args.text_encoder), ("image_size", args.res),
                         ("text_len", args.text_len), ("alt_text_len", args.alt_text_len),
-                        ("vocab_size", args.vocab), ("keep_ratio", args.keep_ratio)):
+                        ("vocab_size", args.vocab), ("keep_ratio", args.keep_ratio),
+                        ("logits_chunk", args.logits_chunk)):
         if value is not None:
             setattr(shape, attr, value)
     shape.batch_size = args.batch or (64 if device == "cuda" else 2)
@@ -107,7 +121,38 @@ def resolve(args):
         raise UserError("batch must be >= 1, res >= 8, text lengths >= 4 and vocab >= 8")
     if not 0 < shape.keep_ratio <= 1:
         raise UserError(f"--keep-ratio must be in (0, 1], got {shape.keep_ratio}")
+    if shape.logits_chunk < 0:
+        raise UserError(f"--logits-chunk must be 0 (full logits) or positive, got {shape.logits_chunk}")
     return torch.device(device), precision, methods, shape
+
+
+def resolve_bench_precision(precision: str, device) -> str:
+    """"fp32" or "bf16": what `ov2 train` would run (precision.py decides "auto" from the hardware)."""
+    import torch
+
+    from ..precision import resolve_precision
+
+    return "bf16" if resolve_precision(precision, device) == torch.bfloat16 else "fp32"
+
+
+def measure_peak_tflops(device, precision: str, given: float | None = None) -> tuple[float, str]:
+    """(peak TFLOP/s for MFU, where it comes from), for the precision the steps actually run in."""
+    from .peak import known_peak_tflops, matmul_probe_tflops
+
+    if given:
+        return given, "given with --peak-tflops"
+    if (known := known_peak_tflops(device, precision)) is not None:
+        import torch
+
+        return known, f"published dense {precision} peak of {torch.cuda.get_device_name(device)}"
+    log(f"probing the {precision} matmul peak ...")
+    return matmul_probe_tflops(device, precision), f"best {precision} matmul rate measured here"
+
+
+def base_spec_of(args, device, precision: str, shape) -> dict:
+    return {"device": device.type, "precision": precision, "shape": shape.to_dict(), "warmup": args.warmup,
+            "threads": args.threads, "activation_checkpointing": args.activation_checkpointing,
+            "compile": args.compile}
 
 
 def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_round: int) -> tuple[dict, dict]:
@@ -134,27 +179,48 @@ def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_rou
 
 def run(args) -> int:
     from ..errors import UserError
-    from ..flops import Shape, count
-    from .peak import known_peak_tflops, matmul_probe_tflops
-    from .runner import WorkerFailed, find_max_batch, measure_peak
 
+    if args.suite:
+        from .gpu_suite import run_suite
+
+        return run_suite(args)
+    if args.dry_run:
+        raise UserError("--dry-run goes with --suite gpu")
     device, precision, methods, shape = resolve(args)
-    if args.peak_tflops:
-        peak, peak_source = args.peak_tflops, "given with --peak-tflops"
-    elif (known := known_peak_tflops(device, precision)) is not None:
-        import torch
+    if args.sweep:
+        from .sweep import run_sweep
 
-        peak, peak_source = known, f"published dense {precision} peak of {torch.cuda.get_device_name(device)}"
+        return run_sweep(args, device, precision, methods, shape)
+    base_spec = base_spec_of(args, device, precision, shape)
+    out = {"device": device.type, "device_name": device_name(device), "precision": precision,
+           "shape": shape.to_dict(), "rounds": args.rounds, "steps_per_round": args.steps_per_round,
+           "warmup": args.warmup, "activation_checkpointing": args.activation_checkpointing,
+           "compile": args.compile}
+    if args.rounds:
+        peak, peak_source = measure_peak_tflops(device, precision, args.peak_tflops)
+        out |= {"peak_tflops": peak, "peak_source": peak_source,
+                **bench_methods(methods, base_spec, args.rounds, args.steps_per_round, peak)}
+    if args.max_batch:
+        out["max_batch"] = max_batches(methods, base_spec, device, args.mem_budget, args.max_batch_limit)
+    if args.json:
+        print(json.dumps(out))
     else:
-        log("probing the matmul peak ...")
-        peak, peak_source = matmul_probe_tflops(device, precision), f"best {precision} matmul rate measured here"
-    base_spec = {"device": device.type, "precision": precision, "shape": shape.to_dict(), "warmup": args.warmup,
-                 "threads": args.threads}
+        print_table(out)
+    return 0
+
+
+def bench_methods(methods: list[str], base_spec: dict, rounds: int, steps_per_round: int, peak: float) -> dict:
+    """{"methods": per-method figures, "ratios_vs_openvision2": ...} from interleaved timed rounds."""
+    from ..errors import UserError
+    from ..flops import Shape, count
+    from .methods import BenchShape
+    from .runner import WorkerFailed
+
+    shape = BenchShape(**base_spec["shape"])
     try:
-        times, reports = timed_rounds(methods, base_spec, args.rounds, args.steps_per_round)
+        times, reports = timed_rounds(methods, base_spec, rounds, steps_per_round)
     except WorkerFailed as err:
         raise UserError(f"benchmark failed in {err} (try a smaller --batch or --model)") from None
-
     results = {}
     for method in methods:
         step_s = statistics.median(times[method])
@@ -180,36 +246,43 @@ def run(args) -> int:
         for method, r in results.items():
             ratios[method] = {"time": r["step_s"] / ref["step_s"], "memory": r["peak_mem_bytes"] / ref["peak_mem_bytes"],
                               "flops": r["gflops_per_image"] / ref["gflops_per_image"]}
-    out = {"device": device.type, "device_name": device_name(device), "precision": precision,
-           "shape": shape.to_dict(), "rounds": args.rounds, "steps_per_round": args.steps_per_round,
-           "warmup": args.warmup, "peak_tflops": peak, "peak_source": peak_source,
-           "methods": results, "ratios_vs_openvision2": ratios}
+    return {"methods": results, "ratios_vs_openvision2": ratios}
 
-    if args.max_batch:
-        if device.type == "cuda":
-            import torch
 
-            default_budget = torch.cuda.get_device_properties(device).total_memory / 2**30
-        else:
-            default_budget = 3.0
-        budget = args.mem_budget or default_budget
-        check_budget(device, budget)
-        limit = args.max_batch_limit or (8192 if device.type == "cuda" else 64)
-        log(f"largest batch under {budget:.2f} GiB (up to {limit}):")
-        found = {}
-        for method in methods:
-            try:
-                found[method] = find_max_batch(measure_peak({**base_spec, "method": method, "warmup": 2}),
-                                               int(budget * 2**30), limit, log, method)
-            except WorkerFailed as err:
-                raise UserError(f"--max-batch failed in {err}") from None
-        out["max_batch"] = {"budget_bytes": int(budget * 2**30), "limit": limit, "methods": found}
+def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float | None, limit: int | None) -> dict:
+    """--max-batch: per method, the largest batch whose training step fits the budget (one worker per
+    method, one step per trial; bench/runner.py PeakProbe)."""
+    from ..errors import UserError
+    from .runner import PeakProbe, WorkerFailed, find_max_batch
 
-    if args.json:
-        print(json.dumps(out))
+    if device.type == "cuda":
+        import torch
+
+        default_budget = torch.cuda.get_device_properties(device).total_memory / 2**30
     else:
-        print_table(out)
-    return 0
+        default_budget = 3.0
+    budget = budget_gib or default_budget
+    check_budget(device, budget)
+    limit = limit or (8192 if device.type == "cuda" else 64)
+    budget_bytes = int(budget * 2**30)
+    log(f"largest batch under {budget:.2f} GiB (up to {limit}), "
+        f"activation checkpointing {base_spec.get('activation_checkpointing', 'none')}:")
+    found = {}
+    for method in methods:
+        # on CPU a trial may add at most 1.5x the budget before its allocations fail (worker.py)
+        probe = PeakProbe({**base_spec, "method": method, "mem_limit_bytes": int(1.5 * budget_bytes) + 2**29})
+        try:
+            found[method] = find_max_batch(probe, budget_bytes, limit, log, method)
+        except WorkerFailed as err:
+            raise UserError(f"--max-batch failed in {err}") from None
+        finally:
+            probe.close()
+    out = {"budget_bytes": budget_bytes, "limit": limit,
+           "activation_checkpointing": base_spec.get("activation_checkpointing", "none"), "methods": found}
+    if "openvision2" in found:
+        out["ratios_vs_openvision2"] = {m: found["openvision2"]["max_batch"] / v["max_batch"]
+                                        for m, v in found.items()}
+    return out
 
 
 def device_name(device) -> str:
@@ -247,11 +320,20 @@ def check_budget(device, budget_gib: float) -> None:
 
 def print_table(out: dict) -> None:
     s = out["shape"]
+    if "methods" not in out:  # --rounds 0: the largest batch only
+        print(f"{s['encoder']} @ {s['image_size']}px, decoder {s['decoder']}; {out['precision']} on "
+              f"{out['device_name']}; logits chunk {s['logits_chunk'] or 'off'}")
+        out = {**out, "methods": {}}
     print(f"{s['encoder']} @ {s['image_size']}px, decoder {s['decoder']}, text tower {s['text_encoder'] or s['decoder']}, "
           f"batch {s['batch_size']}, {s['text_len'] - 1} caption positions, vocab {s['vocab_size']}, "
           f"keep {s['keep_ratio']:g}; {out['precision']} on {out['device_name']}")
     print(f"peak {out['peak_tflops']:.3g} TFLOP/s ({out['peak_source']}); median of {out['rounds']} interleaved "
-          f"rounds x {out['steps_per_round']} step(s) after {out['warmup']} warm-up step(s)")
+          f"rounds x {out['steps_per_round']} step(s) after {out['warmup']} warm-up step(s); logits chunk "
+          f"{s['logits_chunk'] or 'off'}, activation checkpointing {out['activation_checkpointing']}"
+          + (", compiled" if out["compile"] else ""))
+    if not out["methods"]:
+        print_max_batch(out)
+        return
     head = f"{'method':12s} {'step s':>8s} {'img/s':>8s} {'peak mem':>9s} {'GFLOPs/img':>10s} {'MFU':>6s}"
     if out["ratios_vs_openvision2"]:
         head += f" | {'time/OV2':>8s} {'mem/OV2':>8s} {'FLOPs/OV2':>9s}"
@@ -265,7 +347,13 @@ def print_table(out: dict) -> None:
         print(line)
     kind = next(iter(out["methods"].values()))["memory_kind"]
     print(f"peak mem = {kind}; GFLOPs/img = forward matmul+attention FLOPs of the training step, counted")
+    print_max_batch(out)
+
+
+def print_max_batch(out: dict) -> None:
     if "max_batch" in out:
         mb = out["max_batch"]
         print(f"largest batch under {mb['budget_bytes'] / 2**30:.2f} GiB: " + ", ".join(
-            f"{m} {v['max_batch']}{'+' if v['at_limit'] else ''}" for m, v in mb["methods"].items()))
+            f"{m} {v['max_batch']}{'+' if v['at_limit'] else ''}" for m, v in mb["methods"].items())
+            + "".join(f"; openvision2 / {m} {q:.2f}x" for m, q in mb.get("ratios_vs_openvision2", {}).items()
+                      if m != "openvision2"))

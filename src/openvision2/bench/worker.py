@@ -3,11 +3,23 @@
 Its own process so that peak memory belongs to one method alone: on GPU, torch's max allocated
 bytes; on CPU, the peak resident set size (ru_maxrss) minus the resident size measured after every
 import and before the model is built, i.e. what the model, its optimizer state and the step add.
-It builds the model, runs the warm-up steps, then answers JSON-line commands on stdin:
-  {"cmd": "steps", "n": N}  -> {"times": [...seconds per step...]}
-  {"cmd": "report"}          -> memory, parameter and (unless "flops": false) FLOPs figures
+It builds the model (with the spec's activation checkpointing and torch.compile, as `ov2 train`
+wraps it), runs the warm-up steps, then answers JSON-line commands on stdin:
+  {"cmd": "steps", "n": N}     -> {"times": [...seconds per step...]}
+  {"cmd": "report"}             -> memory, parameter and (unless "flops": false) FLOPs figures
+  {"cmd": "peak", "batch": B}   -> {"peak_mem_bytes": bytes or null if out of memory}: one step at
+                                   batch B with the peak counter reset first (--max-batch's trial)
   {"cmd": "quit"}
 Every reply is one JSON line on stdout; a failure is {"error": "...", "oom": bool}, then exit.
+
+One process serves every --max-batch trial of a method: the weights and AdamW's state (created by
+the warm-up) are the same at any batch, so each trial needs one step, not a fresh process. The
+peak is reset between trials: on GPU torch's counter; on CPU the kernel's resident high-water mark
+(VmHWM, reset by writing 5 to /proc/self/clear_refs) after returning freed heap pages to the kernel
+(malloc_trim), so a trial at a smaller batch than the last still measures its own peak. On CPU a
+spec's "mem_limit_bytes" caps the address space the step may add (RLIMIT_AS): a trial that would
+need far more than the budget fails to allocate (reported as out of memory) instead of pushing a
+shared machine into the kernel's OOM killer.
 """
 
 from __future__ import annotations
@@ -26,6 +38,33 @@ def current_rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def reset_cpu_peak() -> None:
+    """Return freed heap memory to the kernel, then restart the resident high-water mark from now."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the mark may then include memory the allocator keeps
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def is_oom(err: BaseException) -> bool:
+    import torch
+
+    text = str(err).lower()
+    return isinstance(err, torch.OutOfMemoryError) or any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"))
 
 
 def reply(obj: dict) -> None:
@@ -54,6 +93,16 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.model = build_model(self.method, self.shape).to(self.device).train()
+        if spec.get("activation_checkpointing", "none") != "none" or spec.get("compile"):
+            from ..train.parallel import apply_activation_checkpointing, apply_compile
+
+            apply_activation_checkpointing(self.model, spec.get("activation_checkpointing", "none"))
+            if spec.get("compile"):
+                apply_compile(self.model)
+        self.make_batch = make_batch
+        if spec.get("mem_limit_bytes") and self.device.type == "cpu":
+            vm = status_kib("VmSize") * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (vm + int(spec["mem_limit_bytes"]), resource.RLIM_INFINITY))
         self.optimizer = build_optimizer(self.model, 1e-4, 0.2, (0.9, 0.95), 1e-8)
         self.loss = StepLoss(self.method)
         self.batch = {k: v.to(self.device) for k, v in make_batch(self.method, self.shape, self.shape.batch_size).items()}
@@ -108,6 +157,32 @@ class Worker:
             out["forward_flops_per_image"] = self.forward_flops_per_image()
         return out
 
+    def peak(self, batch_size: int) -> int | None:
+        """Peak memory of one training step at this batch (None if it ran out of memory)."""
+        torch = self.torch
+        self.batch = None
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            base = 0
+        else:
+            reset_cpu_peak()
+            base = self.baseline_rss
+        try:
+            self.batch = {k: v.to(self.device) for k, v in
+                          self.make_batch(self.method, self.shape, batch_size).items()}
+            self.step()
+        except Exception as err:
+            if not is_oom(err):
+                raise
+            self.batch = None
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return status_kib("VmHWM") * 1024 - base
+
     def serve(self) -> None:
         reply({"ready": True})
         for line in sys.stdin:
@@ -116,6 +191,8 @@ class Worker:
                 reply({"times": [self.step() for _ in range(command["n"])]})
                 if self.device.type == "cuda":
                     self.torch.cuda.empty_cache()  # let the other workers on this GPU use the cache
+            elif command["cmd"] == "peak":
+                reply({"peak_mem_bytes": self.peak(command["batch"])})
             elif command["cmd"] == "report":
                 reply(self.report(command.get("flops", True)))
             elif command["cmd"] == "quit":
@@ -127,10 +204,7 @@ def main() -> None:
     try:
         Worker(spec).serve()
     except Exception as err:  # reported to the parent as data: an OOM is a result for --max-batch
-        import torch
-
-        oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-        reply({"error": f"{type(err).__name__}: {err}".splitlines()[0][:500], "oom": oom})
+        reply({"error": f"{type(err).__name__}: {err}".splitlines()[0][:500], "oom": is_oom(err)})
         sys.exit(1)
 
 
