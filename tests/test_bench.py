@@ -6,7 +6,9 @@ import json
 import pytest
 
 from openvision2.bench.methods import METHODS, BenchShape, StepLoss, build_model, make_batch
-from openvision2.bench.runner import find_max_batch
+from openvision2.bench.gpu_suite import run_suite  # noqa: F401  (imports cleanly without a GPU)
+from openvision2.bench.runner import PeakProbe, find_max_batch
+from openvision2.bench.sweep import parse_sweep
 from openvision2.cli import main
 from openvision2.errors import UserError
 
@@ -40,6 +42,19 @@ def test_bench_max_batch_and_table(capsys):
     assert "cappa" in text and "largest batch under 1.00 GiB: cappa 1+" in text
 
 
+def test_max_batch_trials_reuse_one_worker_and_an_allocation_failure_is_a_miss():
+    spec = {"device": "cpu", "precision": "fp32", "warmup": 1, "threads": 1, "method": "openvision2",
+            "shape": BenchShape(encoder="mu/8", decoder="mu", image_size=32, vocab_size=64, text_len=12).to_dict()}
+    probe = PeakProbe(spec)
+    try:
+        peaks = [probe(4), probe(1)]  # the same process; the mark is reset, so the smaller batch is measured too
+        assert all(p > 0 for p in peaks) and probe.worker is not None
+    finally:
+        probe.close()
+    # a 1 MiB cap on what the step may allocate: the warm-up fails to allocate, which is a miss, not an error
+    assert PeakProbe({**spec, "mem_limit_bytes": 2**20})(1) is None
+
+
 def test_find_max_batch_bisects_to_the_largest_fitting_batch():
     def linear(batch):  # 100 MB plus 30 MB per image
         return (100 + 30 * batch) * 2**20
@@ -47,6 +62,8 @@ def test_find_max_batch_bisects_to_the_largest_fitting_batch():
     found = find_max_batch(linear, 1000 * 2**20, 4096)
     assert found["max_batch"] == 30 and not found["at_limit"]
     assert len(found["trials"]) <= 5  # 1, 2, the linear prediction and its neighbour
+    coarse = find_max_batch(lambda b: b * 2**20, 1000 * 2**20, 4096, tolerance=0.05)
+    assert 950 <= coarse["max_batch"] <= 1000 and coarse["miss_above"] <= 1.05 * coarse["max_batch"] + 1
     oom = find_max_batch(lambda b: None if b > 20 else b, 10**9, 64)
     assert oom["max_batch"] == 20
     assert find_max_batch(lambda b: 1, 10**9, 16)["at_limit"]
@@ -68,3 +85,37 @@ def test_bench_rejects_bad_input(capsys):
     assert "unknown bench method" in capsys.readouterr().err
     assert main(["bench", "--model", "Z/9"]) != 0
     assert "unknown encoder" in capsys.readouterr().err
+    for bad in ("res", "depth=1,2", "res=a,b", "keep_ratio=0,0.5", "batch=0"):
+        with pytest.raises(UserError):
+            parse_sweep(bad)
+    assert parse_sweep("keep-ratio=0.25,1") == ("keep_ratio", [0.25, 1.0])
+    assert main(["bench", "--dry-run"]) != 0 and "--suite gpu" in capsys.readouterr().err
+
+
+def test_sweep_writes_json_and_png_per_axis_value(tmp_path, capsys):
+    args = [a for a in TINY if a not in ("--rounds", "2")] + ["--rounds", "1", "--methods", "openvision2,openvision1"]
+    assert main(["bench", *args, "--sweep", "precision=fp32,bf16", "--out", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "sweep-precision.json").read_text())
+    assert [p["precision"] for p in out["points"]] == ["fp32", "bf16"]
+    for point in out["points"]:
+        assert set(point["methods"]) == {"openvision2", "openvision1"} and point["methods"]["openvision1"]["mfu"] > 0
+    assert (tmp_path / "sweep-precision.png").read_bytes()[:4] == b"\x89PNG"
+    assert "openvision1" in capsys.readouterr().out
+
+
+def test_gpu_suite_dry_run_writes_every_section(tmp_path, capsys):
+    # every section of the GPU check on tiny models (each method's workers, compile with the eager backend,
+    # FSDP2 under torchrun on 1 rank with gloo, a 6-step ov2 train): seconds on an idle machine
+    assert main(["bench", "--suite", "gpu", "--dry-run", "--out", str(tmp_path), "--peak-tflops", "1"]) == 0
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = result["sections"]
+    assert result["ok"] and result["dry_run"] and set(sections) == {"bench", "max_batch_ac", "compile", "fsdp", "train"}
+    point = sections["bench"]["32"]
+    assert set(point["methods"]) == {"openvision2", "openvision1"} and point["methods"]["openvision1"]["mfu"] > 0
+    assert all(sections["max_batch_ac"]["32"][m]["max_batch"] == 3 for m in ("openvision2", "openvision1"))
+    assert point["max_batch_no_ac"]["openvision2"]["at_limit"]
+    assert sections["compile"]["speedup"] > 0 and sections["fsdp"]["backend"] == "gloo"
+    assert len(sections["train"]["losses"]) >= 2 and sections["train"]["loss_fell"]
+    text = (tmp_path / "gpu_check.txt").read_text()
+    assert "DRY RUN" in text and "max batch OV2/OV1" in text and "FSDP2 1 rank (gloo)" in text
+    assert text == capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -77,10 +78,10 @@ class PeakProbe:
     """The fast measure for find_max_batch: one worker per method serves every trial with one
     training step (bench/worker.py "peak"); a worker killed for memory is replaced by a fresh one."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, worker: WorkerProcess | None = None):
         # warm-up at batch 1 creates AdamW's state, which every trial's step then holds, as in training
         self.spec = {**spec, "shape": {**spec["shape"], "batch_size": 1}, "warmup": 1}
-        self.worker: WorkerProcess | None = None
+        self.worker = worker  # a started worker of the same spec may serve the trials (after its warm-up)
 
     def __call__(self, batch: int) -> int | None:
         if self.worker is None:
@@ -99,12 +100,19 @@ class PeakProbe:
             self.worker = None
 
 
-def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: None, name: str = "") -> dict:
+def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: None, name: str = "",
+                   tolerance: float = 0.0, seconds: float | None = None) -> dict:
     """Largest batch b <= limit with measure(b) <= budget_bytes (measure returns None for an OOM).
 
     Tries 1 and 2, then once the batch that a straight line through them predicts (memory grows
     about linearly with the batch) and, if that fits, the next one up; after that it doubles, or
-    bisects between the largest fit and the smallest miss, until those two are adjacent."""
+    bisects between the largest fit and the smallest miss, until those two are adjacent, or (with
+    tolerance > 0) within that fraction of each other. With `seconds`, no trial starts after that
+    many seconds: the largest fit so far is returned with "stopped_early"."""
+    import time
+
+    deadline = None if seconds is None else time.monotonic() + seconds
+    stopped_early = False
     fits: dict[int, int] = {}
     misses: set[int] = set()
     trials = []
@@ -127,7 +135,10 @@ def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: N
             break
     while fits:
         lo, hi = max(fits), min(misses, default=limit + 1)
-        if hi - lo <= 1:
+        if hi - lo <= max(1, int(lo * tolerance)) and not (hi == limit + 1 and lo < limit):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            stopped_early = True
             break
         if not predicted_once and len(fits) >= 2:
             predicted_once = True
@@ -138,8 +149,15 @@ def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: N
                 if trial(candidate) and candidate + 1 < hi:
                     trial(candidate + 1)
                 continue
-        trial(min(lo * 2, limit) if hi > limit else (lo + hi) // 2)
+        if hi > limit:  # no miss yet: step past the line's prediction by half again, or double
+            b1, b2 = sorted(fits)[-2:] if len(fits) >= 2 else (lo, lo)
+            slope = (fits[b2] - fits[b1]) / (b2 - b1) if b2 > b1 else 0
+            step = math.ceil(1.5 * (budget_bytes - fits[lo]) / slope) if slope > 0 else lo
+            trial(min(lo + max(step, 1), lo * 2, limit))
+        else:
+            trial((lo + hi) // 2)
     best = max(fits, default=0)
     if best == 0:
         raise UserError(f"{name}: even batch 1 does not fit in {budget_bytes / 2**30:.2f} GiB")
-    return {"max_batch": best, "at_limit": best >= limit, "trials": trials}
+    return {"max_batch": best, "at_limit": best >= limit, "trials": trials, "stopped_early": stopped_early,
+            "miss_above": min(misses, default=None)}

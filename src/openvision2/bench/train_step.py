@@ -164,17 +164,21 @@ def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_rou
         for method in methods:  # built one at a time, so no two compete for the cores while warming up
             log(f"building and warming up {method} ...")
             workers[method] = WorkerProcess({**base_spec, "method": method})
-        times: dict[str, list[float]] = {m: [] for m in methods}
-        for r in range(rounds):
-            order = methods[r % len(methods):] + methods[:r % len(methods)]
-            for method in order:
-                times[method] += workers[method].ask({"cmd": "steps", "n": steps_per_round})["times"]
-            log(f"round {r + 1}/{rounds}: " + ", ".join(f"{m} {times[m][-1]:.3f}s" for m in methods))
-        reports = {m: workers[m].ask({"cmd": "report"}) for m in methods}
+        return interleave(workers, rounds, steps_per_round)
     finally:
         for worker in workers.values():
             worker.close()
-    return times, reports
+
+
+def interleave(workers: dict, rounds: int, steps_per_round: int) -> tuple[dict, dict]:
+    """Timed rounds over started workers (each round in a rotated order), then each one's report."""
+    names = list(workers)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name] += workers[name].ask({"cmd": "steps", "n": steps_per_round})["times"]
+        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{name} {times[name][-1]:.3f}s" for name in names))
+    return times, {name: workers[name].ask({"cmd": "report"}) for name in names}
 
 
 def run(args) -> int:
@@ -212,15 +216,22 @@ def run(args) -> int:
 def bench_methods(methods: list[str], base_spec: dict, rounds: int, steps_per_round: int, peak: float) -> dict:
     """{"methods": per-method figures, "ratios_vs_openvision2": ...} from interleaved timed rounds."""
     from ..errors import UserError
-    from ..flops import Shape, count
-    from .methods import BenchShape
     from .runner import WorkerFailed
 
-    shape = BenchShape(**base_spec["shape"])
     try:
         times, reports = timed_rounds(methods, base_spec, rounds, steps_per_round)
     except WorkerFailed as err:
         raise UserError(f"benchmark failed in {err} (try a smaller --batch or --model)") from None
+    return summarize(base_spec, times, reports, peak)
+
+
+def summarize(base_spec: dict, times: dict, reports: dict, peak: float) -> dict:
+    """Per-method figures (median step, memory, MFU, counted and analytic FLOPs) and ratios to OV2."""
+    from ..flops import Shape, count
+    from .methods import BenchShape
+
+    shape = BenchShape(**base_spec["shape"])
+    methods = list(times)
     results = {}
     for method in methods:
         step_s = statistics.median(times[method])

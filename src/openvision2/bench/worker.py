@@ -63,7 +63,7 @@ def is_oom(err: BaseException) -> bool:
     import torch
 
     text = str(err).lower()
-    return isinstance(err, torch.OutOfMemoryError) or any(
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or any(
         s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"))
 
 
@@ -94,11 +94,12 @@ class Worker:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.model = build_model(self.method, self.shape).to(self.device).train()
         if spec.get("activation_checkpointing", "none") != "none" or spec.get("compile"):
-            from ..train.parallel import apply_activation_checkpointing, apply_compile
+            from ..train.parallel import apply_activation_checkpointing, transformer_blocks
 
             apply_activation_checkpointing(self.model, spec.get("activation_checkpointing", "none"))
-            if spec.get("compile"):
-                apply_compile(self.model)
+            if spec.get("compile"):  # as train/parallel.py apply_compile; a backend may be named (dry runs: eager)
+                for _, _, block in transformer_blocks(self.model):
+                    block.compile(backend=spec.get("compile_backend", "inductor"))
         self.make_batch = make_batch
         if spec.get("mem_limit_bytes") and self.device.type == "cpu":
             vm = status_kib("VmSize") * 1024
