@@ -164,8 +164,13 @@ def test_cappa_keeps_every_token_and_parallel_prediction_uses_mask_ids():
                       parallel_prob=1.0, text_pos="learned", mask_id=4)
     model = CapPa(cfg).train()
     seen = {}
-    model.decoder.register_forward_pre_hook(lambda m, args, kwargs: seen.update(args=args, kwargs=kwargs),
-                                            with_kwargs=True)
+    text_states = model.decoder.text_states  # what the loss calls (the head is applied in chunks after it)
+
+    def spy(*args, **kwargs):
+        seen.update(args=args, kwargs=kwargs)
+        return text_states(*args, **kwargs)
+
+    model.decoder.text_states = spy
     images, captions, _, _ = batch()
     out = model(images, captions)
     visual, inputs = seen["args"]

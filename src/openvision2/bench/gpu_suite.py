@@ -1,14 +1,18 @@
 """ov2 bench --suite gpu [--dry-run] [--out DIR]: the whole GPU check in one command, for the
 minutes a GPU is lent. Writes DIR/gpu_check.json and DIR/gpu_check.txt (format: docs/BENCHMARKS.md).
 
-Sections, each timed and each allowed to fail without stopping the others (its "error" says why):
-  bench      OpenVision 2 vs OpenVision 1 at L/14 @84 and @224 in bf16: interleaved step time, peak
-             memory, MFU against the GPU's bf16 peak (bench/peak.py), FLOPs; then, on the same
-             workers, the largest batch that fits the GPU (one step per trial, 2% resolution)
-  max_batch  ... and the same search with full activation checkpointing (fresh workers)
-  compile    OpenVision 2 @224 with each block torch.compile'd vs eager, interleaved
-  fsdp       `ov2 train` under torchrun on 1 rank, parallel=fsdp (FSDP2; nccl on GPU, gloo on CPU)
-  train      a 50-step `ov2 train` of the default preset on the embedded dataset: the loss must fall
+Sections, in this order, each timed and each allowed to fail without stopping the others (its
+"error" says why):
+  train         a 50-step `ov2 train` of the default preset on the embedded dataset: the loss must fall
+  fsdp          `ov2 train` under torchrun on 1 rank, parallel=fsdp (FSDP2; nccl on GPU, gloo on CPU)
+  bench         OpenVision 2 vs OpenVision 1 at L/14 @84 and @224 in bf16: interleaved step time, peak
+                memory, MFU against the GPU's bf16 peak (bench/peak.py), FLOPs; then, on the same
+                workers, the largest batch whose peak allocation fits 85% of the GPU's memory (one
+                step per trial, 2% resolution)
+  compile       OpenVision 2 @224 with each block torch.compile'd vs eager, interleaved
+  max_batch_ac  the largest batches again with full activation checkpointing (fresh workers)
+The largest-batch searches share what is left of the suite's time budget (7 minutes on a GPU): a
+search that runs out returns its largest fit so far, marked "stopped_early".
 
 --dry-run runs every section on this machine with tiny models (mu/8 at 32 px, 64-word vocabulary,
 a few steps, the eager compile backend), so a test can check the whole suite in seconds.
@@ -41,7 +45,8 @@ class SuitePlan:
     rounds: int
     warmup: int
     max_batch_limit: int
-    max_batch_seconds: float  # per search; the suite must fit in 8 minutes
+    max_batch_seconds: float  # at most per search
+    total_seconds: float  # the searches stop early to keep the whole suite within this
     compile_backend: str
     train_steps: int
     train_overrides: tuple[str, ...]
@@ -49,11 +54,12 @@ class SuitePlan:
 
 GPU_PLAN = SuitePlan(device="cuda", precision="bf16", encoder="L/14", decoder="L", resolutions=(84, 224),
                      batch=256, vocab=32000, text_len=128, alt_text_len=80, rounds=3, warmup=2,
-                     max_batch_limit=65536, max_batch_seconds=40.0, compile_backend="inductor", train_steps=50,
+                     max_batch_limit=32768, max_batch_seconds=30.0, total_seconds=420.0,
+                     compile_backend="inductor", train_steps=50,
                      train_overrides=("warmup_steps=5", "evals=", "show_captions=2", "eval_every=1000000"))
 DRY_PLAN = SuitePlan(device="cpu", precision="fp32", encoder="mu/8", decoder="mu", resolutions=(32,), batch=2,
                      vocab=64, text_len=12, alt_text_len=8, rounds=1, warmup=1, max_batch_limit=3,
-                     max_batch_seconds=60.0, compile_backend="eager", train_steps=6,
+                     max_batch_seconds=60.0, total_seconds=3600.0, compile_backend="eager", train_steps=6,
                      train_overrides=("warmup_steps=1", "evals=", "show_captions=1", "eval_every=1000000",
                                       "encoder=mu/8", "decoder=mu", "image_size=32", "batch_size=8",
                                       "val_samples=8", "train_samples=256", "base_lr=0.01", "text_len=24", "num_workers=0",
@@ -84,11 +90,12 @@ def run_suite(args) -> int:
     peak, peak_source = measure_peak_tflops(device, plan.precision, args.peak_tflops)
     result |= {"peak_tflops": peak, "peak_source": peak_source}
     sections = result["sections"]
-    for name, section in (("bench", lambda: bench_section(plan, peak)),
-                          ("max_batch_ac", lambda: max_batch_ac_section(plan)),
-                          ("compile", lambda: compile_section(plan, peak)),
+    clock = SearchClock(started + plan.total_seconds, searches=4 * len(plan.resolutions), cap=plan.max_batch_seconds)
+    for name, section in (("train", lambda: train_section(plan, out_dir / "train-run", fsdp=False)),
                           ("fsdp", lambda: train_section(plan, out_dir / "fsdp-run", fsdp=True)),
-                          ("train", lambda: train_section(plan, out_dir / "train-run", fsdp=False))):
+                          ("bench", lambda: bench_section(plan, peak, clock)),
+                          ("compile", lambda: compile_section(plan, peak)),
+                          ("max_batch_ac", lambda: max_batch_ac_section(plan, clock))):
         log(f"=== {name} ===")
         start = time.monotonic()
         try:
@@ -119,12 +126,24 @@ def _spec(plan: SuitePlan, shape, **extra) -> dict:
             "threads": 1 if plan.device == "cpu" else 0, **extra}
 
 
-def _search(plan: SuitePlan, probe, method: str) -> dict:
+class SearchClock:
+    """Shares the time left until the deadline among the largest-batch searches still to run."""
+
+    def __init__(self, deadline: float, searches: int, cap: float):
+        self.deadline, self.left, self.cap = deadline, searches, cap
+
+    def next_share(self) -> float:
+        share = (self.deadline - time.monotonic()) / max(self.left, 1)
+        self.left -= 1
+        return max(1.0, min(self.cap, share))
+
+
+def _search(plan: SuitePlan, probe, method: str, clock: SearchClock) -> dict:
     from .runner import find_max_batch
 
     budget = _budget_bytes(plan)
     found = find_max_batch(probe, budget, plan.max_batch_limit, log, method, tolerance=0.02,
-                           seconds=plan.max_batch_seconds)
+                           seconds=clock.next_share())
     return {k: found[k] for k in ("max_batch", "at_limit", "stopped_early", "miss_above")} | {
         "trials": len(found["trials"])}
 
@@ -133,11 +152,13 @@ def _budget_bytes(plan: SuitePlan) -> int:
     import torch
 
     if plan.device == "cuda":
-        return int(torch.cuda.get_device_properties(0).total_memory)
+        # 85% of the GPU, for both methods alike: the bench section's search runs while the other
+        # method's worker still holds its weights and optimizer state on the same GPU
+        return int(0.85 * torch.cuda.get_device_properties(0).total_memory)
     return 2**30  # dry run: 1 GiB, far above what a tiny model needs (the limit ends the search)
 
 
-def bench_section(plan: SuitePlan, peak: float) -> dict:
+def bench_section(plan: SuitePlan, peak: float, clock: SearchClock) -> dict:
     """Per resolution: OV2 vs OV1 timed and measured, then each worker's largest batch without AC."""
     from .runner import PeakProbe, WorkerProcess
     from .train_step import interleave, summarize
@@ -155,7 +176,7 @@ def bench_section(plan: SuitePlan, peak: float) -> dict:
             point["max_batch_no_ac"] = {}
             for method, worker in workers.items():
                 probe = PeakProbe({**spec, "method": method}, worker=worker)
-                point["max_batch_no_ac"][method] = _search(plan, probe, method)
+                point["max_batch_no_ac"][method] = _search(plan, probe, method, clock)
         finally:
             for worker in workers.values():
                 worker.close()
@@ -163,7 +184,7 @@ def bench_section(plan: SuitePlan, peak: float) -> dict:
     return out
 
 
-def max_batch_ac_section(plan: SuitePlan) -> dict:
+def max_batch_ac_section(plan: SuitePlan, clock: SearchClock) -> dict:
     from .runner import PeakProbe
 
     out = {}
@@ -173,7 +194,7 @@ def max_batch_ac_section(plan: SuitePlan) -> dict:
         for method in METHODS:
             probe = PeakProbe({**spec, "method": method})
             try:
-                out[str(res)][method] = _search(plan, probe, method)
+                out[str(res)][method] = _search(plan, probe, method, clock)
             finally:
                 probe.close()
     return out

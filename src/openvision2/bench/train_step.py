@@ -6,8 +6,11 @@ workers are built and warmed up one after another, then timed in interleaved rou
 runs every method once, in a rotated order), so that a slow spell of a shared machine lands on all
 of them alike; the step time is the median over rounds. Ratios are printed against OpenVision 2
 next to the forward-FLOPs ratio. Throughput is images/s and MFU = 3 x forward FLOPs x images/s
-over a peak (a GPU's published dense bf16 peak when known, else a matmul probe on this machine).
-`--max-batch` finds, per method, the largest batch whose peak memory fits `--mem-budget`.
+over a peak of the precision the steps run in (a GPU's published dense bf16 peak when known, else
+a matmul probe in that precision on this machine; `precision=auto` resolves as `ov2 train` does).
+`--max-batch` finds, per method, the largest batch whose peak memory fits `--mem-budget` (one
+worker per method, one step per trial; `--rounds 0` skips the timing). `--sweep AXIS=...` draws
+cost curves (bench/sweep.py); `--suite gpu` is the whole GPU check (bench/gpu_suite.py).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class Worker:
         self.baseline_rss = current_rss_bytes()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.model = build_model(self.method, self.shape).to(self.device).train()
+        self.model = build_model(self.method, self.shape, device=self.device).to(self.device).train()
         if spec.get("activation_checkpointing", "none") != "none" or spec.get("compile"):
             from ..train.parallel import apply_activation_checkpointing, transformer_blocks
 
