@@ -65,6 +65,9 @@ def add_arguments(parser) -> None:
                                                                "check the suite end to end in seconds")
     parser.add_argument("--out", default="bench-out", help="directory for --sweep and --suite files "
                                                            "(default bench-out)")
+    parser.add_argument("--max-batch-tolerance", type=float, default=0.0,
+                        help="stop --max-batch once the largest fit and the smallest miss are within this "
+                             "fraction (default 0: adjacent batches)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -85,6 +88,8 @@ def resolve(args):
         raise UserError(f"unknown device {args.device!r}: use cpu, cuda or auto")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no GPU is visible to torch")
+    if args.threads:  # the matmul probe then runs on as many threads as each worker
+        torch.set_num_threads(args.threads)
     precision = resolve_bench_precision(args.precision, torch.device(device))
     methods = [check_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if not methods:
@@ -208,7 +213,8 @@ def run(args) -> int:
         out |= {"peak_tflops": peak, "peak_source": peak_source,
                 **bench_methods(methods, base_spec, args.rounds, args.steps_per_round, peak)}
     if args.max_batch:
-        out["max_batch"] = max_batches(methods, base_spec, device, args.mem_budget, args.max_batch_limit)
+        out["max_batch"] = max_batches(methods, base_spec, device, args.mem_budget, args.max_batch_limit,
+                                       args.max_batch_tolerance)
     if args.json:
         print(json.dumps(out))
     else:
@@ -263,7 +269,8 @@ def summarize(base_spec: dict, times: dict, reports: dict, peak: float) -> dict:
     return {"methods": results, "ratios_vs_openvision2": ratios}
 
 
-def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float | None, limit: int | None) -> dict:
+def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float | None, limit: int | None,
+                tolerance: float = 0.0) -> dict:
     """--max-batch: per method, the largest batch whose training step fits the budget (one worker per
     method, one step per trial; bench/runner.py PeakProbe)."""
     from ..errors import UserError
@@ -286,12 +293,12 @@ def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float |
         # on CPU a trial may add at most 1.5x the budget before its allocations fail (worker.py)
         probe = PeakProbe({**base_spec, "method": method, "mem_limit_bytes": int(1.5 * budget_bytes) + 2**29})
         try:
-            found[method] = find_max_batch(probe, budget_bytes, limit, log, method)
+            found[method] = find_max_batch(probe, budget_bytes, limit, log, method, tolerance=tolerance)
         except WorkerFailed as err:
             raise UserError(f"--max-batch failed in {err}") from None
         finally:
             probe.close()
-    out = {"budget_bytes": budget_bytes, "limit": limit,
+    out = {"budget_bytes": budget_bytes, "limit": limit, "tolerance": tolerance,
            "activation_checkpointing": base_spec.get("activation_checkpointing", "none"), "methods": found}
     if "openvision2" in found:
         out["ratios_vs_openvision2"] = {m: found["openvision2"]["max_batch"] / v["max_batch"]
