@@ -83,10 +83,8 @@ def resolve(args):
         from ..train.presets import get_preset
 
         config = get_preset(args.preset)
-        shape = BenchShape(encoder=config.encoder, decoder=config.decoder, text_encoder=config.text_encoder,
-                           image_size=config.image_size, keep_ratio=config.keep_ratio, text_len=config.text_len,
-                           alt_text_len=config.alt_text_len,
-                           vocab_size=32000 if config.tokenizer == "wordpiece" else config.bpe_vocab_size)
+        sizes = ("encoder", "decoder", "text_encoder", "image_size", "keep_ratio", "text_len", "alt_text_len")
+        shape = BenchShape(**{k: getattr(config.model, k) for k in sizes}, vocab_size=config.data.expected_vocab_size)
     else:
         encoder = args.model or ("L/14" if device == "cuda" else "S/16")
         shape = BenchShape(encoder=encoder, decoder=default_decoder(encoder))
@@ -134,7 +132,11 @@ def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_rou
 
 def run(args) -> int:
     from ..errors import UserError
-    from ..flops import Shape, count
+    from dataclasses import replace
+
+    from ..flops import count
+    from ..methods import get_method
+    from ..models.config import ModelConfig
     from .peak import known_peak_tflops, matmul_probe_tflops
     from .runner import WorkerFailed, find_max_batch, measure_peak
 
@@ -170,9 +172,8 @@ def run(args) -> int:
                if k in rep},
         }
         if method != "coca":  # the analytic count of `ov2 flops` for the same step (both OV1 texts)
-            analytic = count(Shape(method, shape.encoder, shape.decoder, shape.image_size, shape.keep_ratio,
-                                   shape.text_len, shape.alt_text_len, shape.vocab_size, shape.text_encoder,
-                                   text_passes=2))
+            model_config = replace(ModelConfig.from_dict(shape.to_dict()), method=method)
+            analytic = count(model_config, get_method(method).train_text_passes)
             results[method]["gflops_per_image_analytic"] = analytic.total_flops / 1e9
     ref = results.get("openvision2")
     ratios = {}

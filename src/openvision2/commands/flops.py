@@ -27,8 +27,12 @@ def add_arguments(parser) -> None:
 
 
 def shape_from_args(args):
+    """(the ModelConfig to count, whether the decoder was assumed)."""
+    from dataclasses import replace
+
     from ..errors import UserError
-    from ..flops import Shape, default_decoder
+    from ..flops import default_decoder
+    from ..models.config import ModelConfig
 
     if args.text_passes not in (1, 2):
         raise UserError(f"--text-passes must be 1 or 2, got {args.text_passes}")
@@ -36,33 +40,30 @@ def shape_from_args(args):
         from ..train.presets import get_preset
 
         config = get_preset(args.preset)
-        vocab = 32000 if config.tokenizer == "wordpiece" else config.bpe_vocab_size
-        base = dict(method=config.method, encoder=config.encoder, decoder=config.decoder,
-                    image_size=config.image_size, keep_ratio=config.keep_ratio, text_len=config.text_len,
-                    alt_text_len=config.alt_text_len, vocab_size=vocab, text_encoder=config.text_encoder,
-                    text_pos=config.text_pos == "learned")
+        base = replace(config.model, vocab_size=config.data.expected_vocab_size)
     else:
         encoder = args.model or "L/14"
-        base = dict(method="openvision2", encoder=encoder, decoder=default_decoder(encoder), image_size=224)
+        base = ModelConfig(encoder=encoder, decoder=default_decoder(encoder), image_size=224)
     overrides = {"method": args.method, "encoder": args.model, "image_size": args.res, "decoder": args.decoder,
                  "text_encoder": args.text_encoder, "keep_ratio": args.keep_ratio}
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    changes = {k: v for k, v in overrides.items() if v is not None}
     if args.model and not args.decoder and not args.preset:
-        base["decoder"] = default_decoder(args.model)
-    return Shape(**base, text_passes=args.text_passes), args.decoder is None and not args.preset
+        changes["decoder"] = default_decoder(args.model)
+    return replace(base, **changes), args.decoder is None and not args.preset
 
 
 def run(args) -> int:
     from ..flops import PUBLISHED_GFLOPS, count, default_decoder
 
     shape, decoder_assumed = shape_from_args(args)
-    result = count(shape)
+    result = count(shape, args.text_passes)
+    shape = result.config
     out = result.to_dict()
     out["decoder_assumed"] = decoder_assumed
     published = PUBLISHED_GFLOPS.get((shape.method, shape.encoder, shape.image_size))
     paper_shape = (shape.decoder == default_decoder(shape.encoder) and shape.keep_ratio == 0.35
                    and shape.text_len == 128 and shape.alt_text_len == 80 and shape.vocab_size == 32000
-                   and shape.text_passes == 1 and shape.text_encoder in ("", shape.decoder))
+                   and args.text_passes == 1 and shape.text_encoder in ("", shape.decoder))
     if published is not None and paper_shape:
         out["published_gflops_per_image"] = published
         out["relative_to_published"] = out["gflops_per_image"] / published - 1
@@ -70,7 +71,7 @@ def run(args) -> int:
         print(json.dumps(out))
         return 0
     how = " (assumed: SPEC §2, §5.4)" if decoder_assumed else ""
-    extra = (f", text encoder {shape.text_encoder or shape.decoder} x{shape.text_passes} text"
+    extra = (f", text encoder {shape.text_encoder or shape.decoder} x{args.text_passes} text"
              if shape.method == "openvision1" else f", keep ratio {out['keep_ratio']:g}")
     print(f"{shape.method} {shape.encoder} @ {shape.image_size}px, decoder {shape.decoder}{how}{extra}, "
           f"vocab {shape.vocab_size}")
