@@ -161,14 +161,14 @@ def test_periodic_evals_return_flat_numbers(setup):
     model, tokenizer = setup
     config = TrainConfig(encoder="mu/8", decoder="mu", image_size=32, text_len=24, eval_images=12,
                          evals="zeroshot,captions,probe")
-    metrics = run_evals(model, tokenizer, config, attentive_epochs=2)
+    metrics = run_evals(model, tokenizer, config.eval, attentive_epochs=2)
     assert set(metrics) == {"zeroshot/top1", "zeroshot/top5", "captions/cider", "captions/bleu4",
                             "captions/perplexity", "captions/exact_match", "probe/linear", "probe/attentive",
                             "probe/knn"}
     assert all(isinstance(v, float) for v in metrics.values())
     assert 0 <= metrics["zeroshot/top1"] <= metrics["zeroshot/top5"] <= 1
     assert model.training is False
-    assert run_evals(model, tokenizer, config, evals="") == {}
+    assert run_evals(model, tokenizer, config.eval, evals="") == {}
 
 
 def test_eval_cli_prints_one_json_object(setup, tmp_path, capsys):

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .methods import build_model
 from .models import ModelConfig, OpenVision2
 from .tokenizer import CONFIG_FILE as TOKENIZER_CONFIG, CaptionTokenizer
 
@@ -71,12 +72,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         state = load_file(directory / WEIGHTS, device=str(device))
     except Exception as err:  # OSError, JSONDecodeError, SafetensorError: all mean an unreadable checkpoint
         raise UserError(f"cannot read checkpoint {directory}: {err}") from None
-    if meta["model"].get("method") == "openvision1":  # the SPEC §6 baseline (models/openvision1.py)
-        from .models.openvision1 import OpenVision1, OpenVision1Config
-
-        model = OpenVision1(OpenVision1Config.from_dict(meta["model"]), device="meta")
-    else:
-        model = OpenVision2(ModelConfig.from_dict(meta["model"]), device="meta")
+    # config.json's model section names its method (methods.py); one written before methods were
+    # recorded has none, and is OpenVision 2's (a CapPa model's weights are OpenVision 2's too).
+    model = build_model(ModelConfig.from_dict(meta["model"]), device="meta")
     model.load_state_dict(state, assign=True)
     # An encoder-only checkpoint (decoder "none", from `ov2 import`) may come without a tokenizer.
     has_tokenizer = model.decoder is not None or (directory / TOKENIZER_CONFIG).is_file()

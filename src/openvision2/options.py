@@ -22,13 +22,13 @@ def option(default, help: str, *, low=None, high=None, low_open: bool = False, h
 
 
 def _range_text(meta: dict) -> str:
-    low = "" if meta["low"] is None else f"{'(' if meta['low_open'] else '['}{meta['low']}"
-    high = "" if meta["high"] is None else f"{meta['high']}{')' if meta['high_open'] else ']'}"
+    low = "" if meta["low"] is None else f"{'(' if meta['low_open'] else '['}{meta['low']:g}"
+    high = "" if meta["high"] is None else f"{meta['high']:g}{')' if meta['high_open'] else ']'}"
     if low and high:
         return f"in {low}, {high}"
     if low:
-        return f"{'>' if meta['low_open'] else '>='} {meta['low']}"
-    return f"{'<' if meta['high_open'] else '<='} {meta['high']}" if high else ""
+        return f"{'>' if meta['low_open'] else '>='} {meta['low']:g}"
+    return f"{'<' if meta['high_open'] else '<='} {meta['high']:g}" if high else ""
 
 
 def check_value(name: str, value, meta: dict) -> None:

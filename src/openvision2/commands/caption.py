@@ -32,7 +32,7 @@ def run(args) -> int:
 
     from ..checkpoint import load_checkpoint
     from ..errors import UserError
-    from ..generate import generate, greedy_caption
+    from ..generate import generate
     from ..preprocess import load_image
 
     if args.batch_size < 1:
@@ -40,16 +40,10 @@ def run(args) -> int:
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
     size = model.config.image_size
     images = [load_image(path, size) for path in args.images]  # fail on a bad file before any work
-    parallel = hasattr(model, "predict_caption_ids")  # OpenVision 1 captions all positions at once
     results = []
     for start in range(0, len(images), args.batch_size):
         batch = torch.stack(images[start:start + args.batch_size])
         paths = args.images[start:start + args.batch_size]
-        if parallel:
-            if args.decoding != "greedy":
-                raise UserError("this checkpoint's decoder predicts every position at once: only greedy decoding")
-            results += [{"image": p, "caption": c} for p, c in zip(paths, greedy_caption(model, tokenizer, batch))]
-            continue
         out = generate(model, tokenizer, batch, strategy=args.decoding, beam_size=args.beam_size,
                        length_penalty=args.length_penalty, top_k=args.top_k, top_p=args.top_p,
                        temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,

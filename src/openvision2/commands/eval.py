@@ -101,8 +101,10 @@ def random_twin(model, seed: int = 0):
     """The same architecture, freshly initialised (the baseline a trained encoder must beat)."""
     import torch
 
+    from ..methods import build_model
+
     torch.manual_seed(seed)
-    twin = type(model)(model.config)
+    twin = build_model(model.config)
     return twin.to(next(model.parameters()).device).eval()
 
 
@@ -248,21 +250,19 @@ def _run_speed(args) -> int:
         model, tokenizer, _ = _load(args)
         source = str(args.checkpoint)
     else:
+        from ..data.build import build_tokenizer
         from ..data.synthetic import SyntheticCaptions
-        from ..models import OpenVision2
-        from ..tokenizer import CaptionTokenizer
+        from ..train.factory import build_model
         from ..train.presets import get_preset
 
         config = get_preset(args.preset)
         for key in ("encoder", "decoder", "image_size"):
             if getattr(args, key) is not None:
-                setattr(config, key, getattr(args, key))
-        if config.tokenizer == "wordpiece":
-            tokenizer = CaptionTokenizer.wordpiece(config.tokenizer_path or None)
-        else:
-            tokenizer = CaptionTokenizer.train_bpe(SyntheticCaptions(2000).captions(), config.bpe_vocab_size)
+                setattr(config.model, key, getattr(args, key))
+        config.model.method = "openvision2"  # the decoder speed is OpenVision 2's whatever the preset trains
+        tokenizer = build_tokenizer(config.data, SyntheticCaptions(2000))
         torch.manual_seed(0)
-        model = OpenVision2(config.model_config(tokenizer.vocab_size, tokenizer.pad_id)).to(device).eval()
+        model = build_model(config.model.validate(), tokenizer).to(device).eval()
         source = f"random init, preset {args.preset}"
     if args.new_tokens > model.config.text_len - 2:
         from ..errors import UserError

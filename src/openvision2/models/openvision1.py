@@ -129,9 +129,3 @@ class OpenVision1(nn.Module):
         out = caption_nll(hidden, self.decoder.head, targets, mask)
         return {**out, "aux_loss": cfg.clip_loss_weight * contrastive, "caption_loss": out["loss"].detach(),
                 "contrastive_loss": contrastive.detach(), "logit_scale": scale.detach()}
-
-    @torch.no_grad()
-    def predict_caption_ids(self, images: torch.Tensor, alt_captions: torch.Tensor) -> torch.Tensor:
-        """Argmax of every query at once: [B, text_len] ids of the caption after [bos]."""
-        _, patches = self.encode_image(images)
-        return self.caption_logits(patches, alt_captions).argmax(dim=-1)
