@@ -11,7 +11,10 @@ __all__ = ["CaptionTokenizer", "ModelConfig", "OpenVision2", "UserError", "creat
            "greedy_caption", "load_checkpoint", "save_checkpoint"]
 
 
-def create_model(encoder: str = "L/14", **config) -> OpenVision2:
-    """An OpenVision 2 model by encoder name, e.g. create_model("L/14", decoder="L", image_size=224);
+def create_model(encoder: str = "L/14", method: str = "openvision2", **config):
+    """A model by encoder name and method (openvision2, openvision1 or cappa; methods.py), e.g.
+    create_model("L/14", decoder="L", image_size=224) or create_model("S/16", method="cappa");
     any ModelConfig field may be given."""
-    return OpenVision2(ModelConfig(encoder=encoder, **config))
+    from .methods import build_model
+
+    return build_model(ModelConfig(encoder=encoder, method=method, **config))
