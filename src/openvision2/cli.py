@@ -9,6 +9,7 @@ import sys
 
 from . import commands
 from .errors import UserError
+from .logs import setup_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.command)
     try:
         return args.run(args) or 0
     except UserError as err:

@@ -130,12 +130,9 @@ def write_folder(args) -> dict:
 
 def run(args) -> int:
     import json
-    import logging
-    import sys
 
     from ..errors import UserError
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="ov2 shards: %(message)s")
     if args.per_shard < 1:
         raise UserError(f"--per-shard must be >= 1, got {args.per_shard}")
     if args.fashion_mnist:

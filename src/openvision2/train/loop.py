@@ -24,6 +24,7 @@ from ..data.build import (CaptionCollate, build_from_config, build_tokenizer, fi
                           train_batches)
 from ..errors import UserError
 from ..generate import greedy_caption
+from ..logs import get_logger, setup_logging
 from ..methods import get_method
 from ..models.losses import caption_targets, objective
 from ..precision import autocast, resolve_precision
@@ -37,6 +38,8 @@ from .faults import BadStepGuard, PreemptionFlag
 from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
 from .parallel import initialize_weights, no_gradient_sync, parallelize, resolve_parallel, unwrap
+
+logger = get_logger("train")
 
 
 def model_inputs(batch: dict, device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
@@ -108,12 +111,14 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     optim, run, par = config.optim, config.run, config.parallel
     dtype = resolve_precision(par.precision, device)
     parallel = resolve_parallel(par.strategy, world.world_size)
-    log = print if world.is_main else (lambda *a, **k: None)
+    setup_logging()
+    # progress messages from rank 0 only (logs.py routes them around the progress bar)
+    log = logger.info if world.is_main else (lambda *a, **k: None)
     # torchrun's elastic agent restarts failed workers: they pick the run up where it was saved.
     resume = resume or world.restart_count > 0
     resume_from = ckpt.latest_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None and checkpoints.is_dir():
-        log(f"no checkpoint in {checkpoints} yet: starting from scratch", flush=True)
+        log(f"no checkpoint in {checkpoints} yet: starting from scratch")
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if checkpoints.is_dir():
@@ -157,7 +162,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
         start_step, first_val = saved["step"], saved.get("first_val_loss")
         batches.load_state_dict(saved["loader"])
         guard.skipped = saved.get("skipped_steps", 0)
-        log(f"resumed from {resume_from} at step {start_step}", flush=True)
+        log(f"resumed from {resume_from} at step {start_step}")
 
     metrics = None
     if world.is_main:
@@ -167,7 +172,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     where = f"{device}" if world.world_size == 1 else f"{world.world_size} x {device.type} ({parallel})"
     log(f"model {model_config.encoder} + decoder {model_config.decoder}: {params / 1e6:.2f}M "
         f"parameters; {config.data.tokenizer} vocab {tokenizer.vocab_size}; {str(dtype).removeprefix('torch.')} on "
-        f"{where}; peak lr {optim.peak_lr:.3g}", flush=True)
+        f"{where}; peak lr {optim.peak_lr:.3g}")
     last_saved = str(resume_from) if resume_from else None
 
     def save(step: int) -> None:
@@ -244,7 +249,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
                     metrics.write({"step": step, "val_loss": val_loss, **scores})
                 if world.is_main:
                     shown = "".join(f", {k} {v:.3f}" for k, v in scores.items())
-                    bar.write(f"step {step}: held-out caption loss {val_loss:.3f}{shown}")
+                    log(f"step {step}: held-out caption loss {val_loss:.3f}{shown}")
             if stop:
                 save(step)
                 preempted = True
@@ -260,7 +265,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     summary = {"first_val_loss": first_val, "final_val_loss": val_loss, "captions": [], "truths": [],
                "step": step, "skipped_steps": guard.skipped, "checkpoint": last_saved}
     if preempted:
-        log(f"\nSIGTERM: stopped at step {step}; checkpoint {last_saved}; continue with --resume", flush=True)
+        log(f"\nSIGTERM: stopped at step {step}; checkpoint {last_saved}; continue with --resume")
         return {**summary, "stopped": "preempted"}
     if world.is_main:
         shown = min(config.eval.show_captions, len(val_set))

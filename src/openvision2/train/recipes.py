@@ -24,11 +24,13 @@ from pathlib import Path
 
 from ..checkpoint import LATEST
 from ..errors import UserError
+from ..logs import get_logger, setup_logging
 from . import presets
 from .config import TrainConfig, apply_overrides
 from .presets import tiny_cpu
 
 DONE = "stage-done.json"
+logger = get_logger("train")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
     from .distributed import barrier, init_world
     from .loop import train
 
+    setup_logging()
     world = init_world()
     out_dir = Path(out_dir)
     stages, summaries, previous = get_recipe(name), [], None
@@ -112,7 +115,7 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
             previous = directory
             continue
         if world.is_main:
-            print(f"== recipe {name}: stage {index + 1}/{len(stages)} ({stage.name}) in {directory}", flush=True)
+            logger.info(f"== recipe {name}: stage {index + 1}/{len(stages)} ({stage.name}) in {directory}")
         summary = train(config, directory, progress=progress, resume=True)
         summaries.append(summary)
         if summary.get("stopped"):
@@ -124,7 +127,7 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
         barrier(world)
         previous = directory
     if not summaries and world.is_main:
-        print(f"recipe {name}: all {len(stages)} stages are finished in {out_dir}", flush=True)
+        logger.info(f"recipe {name}: all {len(stages)} stages are finished in {out_dir}")
     return summaries
 
 
