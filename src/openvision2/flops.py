@@ -83,11 +83,13 @@ class Count:
         return sum(self.params.values())
 
     def to_dict(self) -> dict:
+        from .methods import get_method
+
         s = self.config
         return {
             "method": s.method, "encoder": s.encoder, "decoder": s.decoder, "image_size": s.image_size,
             **({"text_encoder": s.text_encoder or s.decoder, "text_passes": self.text_passes}
-               if s.method == "openvision1" else {"keep_ratio": s.keep_ratio}),
+               if get_method(s.method).has_text_encoder else {"keep_ratio": s.keep_ratio}),
             "gflops_per_image": self.total_flops / 1e9,
             "gflops_per_part": {k: v / 1e9 for k, v in self.flops.items()},
             "params": self.total_params,

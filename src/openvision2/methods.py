@@ -26,8 +26,12 @@ class Method:
     flops: Callable  # (ModelConfig, text_passes) -> flops.Count
     batch_fields: tuple[str, ...] = ()
     decoding: str = AUTOREGRESSIVE
-    train_text_passes: int = 1  # texts per image through a text encoder in a training step (FLOPs)
+    train_text_passes: int = 0  # texts per image through a text encoder in a training step (FLOPs)
     fixed: dict = field(default_factory=dict)  # model fields the method sets whatever the run says
+
+    @property
+    def has_text_encoder(self) -> bool:
+        return self.train_text_passes > 0
 
     def model_config(self, config) -> object:
         """config (a ModelConfig) as this method builds it: its class, its fixed fields applied."""
@@ -48,6 +52,11 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def all_methods() -> tuple[str, ...]:
+    _register_builtin()
+    return tuple(METHODS)
 
 
 def method_of(model) -> Method:

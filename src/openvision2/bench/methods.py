@@ -19,13 +19,13 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..methods import build_model as build_method_model
+from ..methods import all_methods, build_model as build_method_model
 from ..models.config import ModelConfig
 from ..models.losses import objective
 from ..models.registry import decoder_size, parse_encoder_name
 from ..options import option, with_default
 
-METHODS = ("openvision2", "openvision1", "cappa", "coca")  # the registry's methods (methods.py) and CoCa
+METHODS = (*all_methods(), "coca")  # the registry's methods (methods.py) and open_clip's CoCa
 CAPTION_LOSS_WEIGHT = 2.0  # the release's weight, applied to every method's caption loss
 _BOS, _EOS, _CLS, _FIRST_WORD = 1, 2, 101, 999  # OpenVision's WordPiece ids (SPEC §3.1)
 

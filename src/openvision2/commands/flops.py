@@ -72,7 +72,7 @@ def run(args) -> int:
         return 0
     how = " (assumed: SPEC §2, §5.4)" if decoder_assumed else ""
     extra = (f", text encoder {shape.text_encoder or shape.decoder} x{args.text_passes} text"
-             if shape.method == "openvision1" else f", keep ratio {out['keep_ratio']:g}")
+             if "text_encoder" in out else f", keep ratio {out['keep_ratio']:g}")
     print(f"{shape.method} {shape.encoder} @ {shape.image_size}px, decoder {shape.decoder}{how}{extra}, "
           f"vocab {shape.vocab_size}")
     print(f"{'part':14s} {'GFLOPs/image':>13s} {'params (M)':>11s}")
