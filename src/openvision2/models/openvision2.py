@@ -14,6 +14,7 @@ from .masking import keep_random_tokens
 from .registry import decoder_size
 from .vit import create_encoder
 
+
 class OpenVision2(nn.Module):
     def __init__(self, config: ModelConfig, device=None):
         super().__init__()

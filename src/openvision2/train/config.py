@@ -183,9 +183,10 @@ class TrainConfig:
         """One-line UserErrors for every value out of its field's range (and the model's own checks)."""
         for name in SECTIONS:
             section = getattr(self, name)
-            check_fields(section)
-            if hasattr(section, "validate"):
-                section.validate()
+            if isinstance(section, (ModelConfig, DataConfig, EvalConfig)):
+                section.validate()  # the declared ranges, plus their own checks (names, evaluations)
+            else:
+                check_fields(section)
         return self
 
     def to_dict(self) -> dict:
