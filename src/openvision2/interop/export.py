@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 from .spec import EncoderSpec
 
 FORMATS = ("timm", "hf", "hf-clip", "hf-siglip", "open_clip", "decoder")
