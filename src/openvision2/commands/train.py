@@ -13,7 +13,7 @@ HELP = "train a model from a named preset (or all stages of a recipe), with key=
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", default="tiny-cpu", help="named preset (default: tiny-cpu; see --list)")
+    parser.add_argument("--preset", default="tiny-cpu", help="named preset (see --list)")
     parser.add_argument("--recipe", help="run every stage of a resolution-curriculum recipe into OUT/stage-*/ "
                                          "(see --list); finished stages are skipped, the current one resumes")
     parser.add_argument("--out", default="runs/tiny-cpu", help="run directory (metrics, checkpoints)")
@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--list", action="store_true", help="list presets and recipes and exit")
     parser.add_argument("--list-keys", action="store_true", help="print the preset's fields and values and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a preset field")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override a preset field, e.g. keep_ratio=0.25 (see --list-keys)")
 
 
 def run(args) -> int:
