@@ -64,3 +64,57 @@ def test_missing_or_unreadable_image(tiny_run, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("this is not an image")
     assert "cannot read image" in one_line_error(["caption", "--checkpoint", str(tiny_run), str(bad)], capsys)
+
+
+def _parsers(parser, path=("ov2",)):
+    """(path, parser) for ov2 and every command and target under it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_flag_has_help_and_every_target_a_description():
+    import argparse
+
+    from openvision2.cli import build_parser
+
+    for path, parser in _parsers(build_parser()):
+        assert parser.description, " ".join(path)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                listed = {choice.dest for choice in action._choices_actions}
+                assert all(choice.help for choice in action._choices_actions), " ".join(path)
+                # the one unlisted entry is the old top-level caption-accuracy
+                assert set(action.choices) - listed <= {"caption-accuracy"}, " ".join(path)
+            elif action.help != argparse.SUPPRESS:
+                assert action.help, f"{' '.join(path)} {action.option_strings or action.dest}"
+
+
+def test_old_flag_names_are_hidden_aliases(capsys):
+    import json
+
+    assert main(["flops", "--encoder", "S/16", "--image-size", "64", "--json"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert main(["flops", "--model", "S/16", "--res", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == new and new["image_size"] == 64
+    with pytest.raises(SystemExit):
+        main(["flops", "--help"])
+    text = capsys.readouterr().out
+    assert "--image-size" in text and "--res" not in text and "--model" not in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "caption-accuracy" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == "ov2 0.1.0"
+
+
+def test_eval_task_names_match_the_tasks():
+    from openvision2.commands.eval import TASKS
+    from openvision2.eval.tasks import TASKS as KNOWN
+
+    assert TASKS == KNOWN
