@@ -30,9 +30,13 @@ def __getattr__(name: str):
         value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value  # later lookups skip this function
         return value
-    # `openvision2.generate` is the submodule, which is callable as generate.generate (see generate.py)
-    if name == "generate":
+    # A submodule, as when this file imported them all: `openvision2.models`, and `openvision2.generate`,
+    # which is callable as generate.generate (see generate.py).
+    try:
         return import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
