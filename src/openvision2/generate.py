@@ -4,6 +4,8 @@ model's method; greedy_caption and parallel_caption are its shorthands."""
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
@@ -267,3 +269,14 @@ def caption(model, tokenizer: CaptionTokenizer, images, batch_size: int = 32, **
     batch = as_uint8_batch(images, model.config.image_size)
     return [text for start in range(0, len(batch), batch_size)
             for text in generate(model, tokenizer, batch[start:start + batch_size], **options).texts]
+
+
+class _CallableModule(types.ModuleType):
+    """`openvision2.generate` is this module (a package attribute cannot be both a submodule and a
+    function), so calling the module calls generate()."""
+
+    def __call__(self, *args, **kwargs) -> Generation:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

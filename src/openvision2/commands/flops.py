@@ -1,4 +1,4 @@
-"""ov2 flops [--model L/14 --res 224 --method openvision2|openvision1|cappa | --preset NAME] [--json]
+"""ov2 flops [--encoder L/14 --image-size 224 --method openvision2|openvision1|cappa | --preset NAME] [--json]
 
 Analytic forward FLOPs per image and parameter counts, per part (openvision2/flops.py explains the
 counting, and which decoder is assumed when none is named)."""
@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 
+from ._options import add, add_json
+
 NAME = "flops"
 HELP = "analytic forward FLOPs per image and parameter counts, per part, of a method at a model size"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", help="take the shape from a training preset (method, sizes, resolution)")
-    parser.add_argument("--model", default=None, help="encoder, e.g. L/14, So400m/14, S/16 (default L/14)")
-    parser.add_argument("--res", type=int, default=None, help="image resolution in pixels (default 224)")
+    add(parser, "--encoder", aliases=("--model",), help="encoder, e.g. L/14, So400m/14, S/16 (default L/14)")
+    add(parser, "--image-size", aliases=("--res",), type=int, help="image size in pixels (default 224)")
     parser.add_argument("--method", default=None, help="openvision2 (default), openvision1 or cappa")
     parser.add_argument("--decoder", help="decoder size (default: L for L/14, So400m for So400m/14, else the "
                                           "encoder's size class)")
@@ -23,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-passes", type=int, default=1,
                         help="texts per image through OpenVision 1's text encoder: 1 as the paper counts "
                              "(default), 2 for everything a training step runs")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(parser)
 
 
 def shape_from_args(args):
@@ -42,13 +44,13 @@ def shape_from_args(args):
         config = get_preset(args.preset)
         base = replace(config.model, vocab_size=config.data.expected_vocab_size)
     else:
-        encoder = args.model or "L/14"
+        encoder = args.encoder or "L/14"
         base = ModelConfig(encoder=encoder, decoder=default_decoder(encoder), image_size=224)
-    overrides = {"method": args.method, "encoder": args.model, "image_size": args.res, "decoder": args.decoder,
+    overrides = {"method": args.method, "encoder": args.encoder, "image_size": args.image_size, "decoder": args.decoder,
                  "text_encoder": args.text_encoder, "keep_ratio": args.keep_ratio}
     changes = {k: v for k, v in overrides.items() if v is not None}
-    if args.model and not args.decoder and not args.preset:
-        changes["decoder"] = default_decoder(args.model)
+    if args.encoder and not args.decoder and not args.preset:
+        changes["decoder"] = default_decoder(args.encoder)
     return replace(base, **changes), args.decoder is None and not args.preset
 
 

@@ -11,7 +11,7 @@ HELP = "train a model from a named preset (or all stages of a recipe), with key=
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", default="tiny-cpu", help="named preset (default: tiny-cpu; see --list)")
+    parser.add_argument("--preset", default="tiny-cpu", help="named preset (see --list)")
     parser.add_argument("--recipe", help="run every stage of a resolution-curriculum recipe into OUT/stage-*/ "
                                          "(see --list); finished stages are skipped, the current one resumes")
     parser.add_argument("--out", default="runs/tiny-cpu", help="run directory (metrics, checkpoints)")
@@ -25,7 +25,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override a preset field: section.field=value (model.keep_ratio=0.25) or its flat "
-                             "alias (keep_ratio=0.25)")
+                             "alias (keep_ratio=0.25); see --list-keys")
 
 
 def run(args) -> int:
