@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import sys
 
-from tqdm import tqdm
-
 ROOT = "openvision2"
 
 
@@ -23,6 +21,8 @@ class TqdmHandler(logging.Handler):
         self.command = command
 
     def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # here, not at import: `ov2 --help` stays fast
+
         try:
             message = self.format(record)
             if record.levelno >= logging.WARNING:
