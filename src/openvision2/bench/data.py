@@ -31,9 +31,12 @@ SIZES = ((500, 375), (375, 500), (640, 480), (800, 600), (640, 427))
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--res", default="84,224", help="output resolutions, comma-separated (default: 84,224)")
+    from ..commands._options import add
+
+    add(parser, "--image-size", aliases=("--res",), dest="res", default="84,224",
+        help="output image sizes in pixels, comma-separated")
     parser.add_argument("--images", type=int, default=600, help="images timed per pipeline and resolution")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=50, help="images per batch")
     parser.add_argument("--shards", help="existing shards to read (default: generate photo-sized JPEG shards)")
     parser.add_argument("--keep", help="directory to write the generated shards to (default: a temporary one)")
     parser.add_argument("--pipelines", default="openvision2,open_clip", help="which pipelines to run")
@@ -185,7 +188,7 @@ def run(args) -> int:
     try:
         resolutions = [int(r) for r in args.res.split(",") if r.strip()]
     except ValueError:
-        raise UserError(f"--res {args.res!r}: give resolutions such as 84,224") from None
+        raise UserError(f"--image-size {args.res!r}: give sizes such as 84,224") from None
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     unknown = [n for n in names if n not in PIPELINES]
     if unknown or not names or not resolutions:

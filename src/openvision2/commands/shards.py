@@ -1,6 +1,8 @@
-"""ov2 shards --images DIR --captions FILE --out DIR   |   ov2 shards --fashion-mnist --out DIR"""
+"""ov2 shards --image-dir DIR --captions FILE --out DIR   |   ov2 shards --fashion-mnist --out DIR"""
 
 from __future__ import annotations
+
+from ._options import add, add_json
 
 NAME = "shards"
 HELP = "write WebDataset shards from an image folder and a captions CSV/JSONL, or from Fashion-MNIST"
@@ -12,7 +14,8 @@ COPIED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # stored as they
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory for the .tar shards and sizes.json")
-    parser.add_argument("--images", help="folder the captions file's image paths are relative to")
+    add(parser, "--image-dir", aliases=("--images",), metavar="DIR",
+        help="folder the captions file's image paths are relative to")
     parser.add_argument("--captions", help="CSV (with a header) or JSONL file: one image path and caption per row")
     parser.add_argument("--image-column", help=f"column of the image path (default: first of {', '.join(IMAGE_COLUMNS)})")
     parser.add_argument("--caption-column", help=f"column of the caption (default: first of {', '.join(CAPTION_COLUMNS)})")
@@ -22,8 +25,8 @@ def add_arguments(parser) -> None:
                         help="convert Fashion-MNIST (idx files) into train-*.tar and test-*.tar")
     parser.add_argument("--source", default=None, help="Fashion-MNIST idx directory "
                         "(default: /usr/share/datasets/fashion-mnist, from the dataset-fashion-mnist package)")
-    parser.add_argument("--limit", type=int, help="write at most this many samples (per split)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object with the result")
+    parser.add_argument("--limit", type=int, help="write at most this many samples (per split; default: all)")
+    add_json(parser)
 
 
 def read_rows(path: str) -> list[dict]:
@@ -75,14 +78,14 @@ def write_folder(args) -> dict:
     from ..errors import UserError
 
     log = logging.getLogger("openvision2.data")
-    if not args.images or not args.captions:
-        raise UserError("give --images DIR and --captions FILE, or --fashion-mnist")
+    if not args.image_dir or not args.captions:
+        raise UserError("give --image-dir DIR and --captions FILE, or --fashion-mnist")
     rows = read_rows(args.captions)
     if not rows:
         raise UserError(f"captions file {args.captions} has no rows")
     image_col = _column(rows, args.image_column, IMAGE_COLUMNS, "image", args.captions)
     caption_col = _column(rows, args.caption_column, CAPTION_COLUMNS, "caption", args.captions)
-    root = Path(args.images)
+    root = Path(args.image_dir)
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
     skipped: dict[str, int] = {}
@@ -130,12 +133,9 @@ def write_folder(args) -> dict:
 
 def run(args) -> int:
     import json
-    import logging
-    import sys
 
     from ..errors import UserError
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="ov2 shards: %(message)s")
     if args.per_shard < 1:
         raise UserError(f"--per-shard must be >= 1, got {args.per_shard}")
     if args.fashion_mnist:
