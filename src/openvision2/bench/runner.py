@@ -84,9 +84,9 @@ class PeakProbe:
         self.worker = worker  # a started worker of the same spec may serve the trials (after its warm-up)
 
     def __call__(self, batch: int) -> int | None:
-        if self.worker is None:
-            self.worker = WorkerProcess(self.spec)
         try:
+            if self.worker is None:
+                self.worker = WorkerProcess(self.spec)
             return self.worker.ask({"cmd": "peak", "batch": batch})["peak_mem_bytes"]
         except WorkerFailed as err:
             self.worker = None
