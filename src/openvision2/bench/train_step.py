@@ -307,7 +307,7 @@ def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float |
     out = {"budget_bytes": budget_bytes, "limit": limit, "tolerance": tolerance,
            "activation_checkpointing": base_spec.get("activation_checkpointing", "none"), "methods": found}
     if "openvision2" in found:
-        out["ratios_vs_openvision2"] = {m: found["openvision2"]["max_batch"] / v["max_batch"]
+        out["openvision2_over"] = {m: found["openvision2"]["max_batch"] / v["max_batch"]
                                         for m, v in found.items()}
     return out
 
@@ -382,5 +382,5 @@ def print_max_batch(out: dict) -> None:
         mb = out["max_batch"]
         print(f"largest batch under {mb['budget_bytes'] / 2**30:.2f} GiB: " + ", ".join(
             f"{m} {v['max_batch']}{'+' if v['at_limit'] else ''}" for m, v in mb["methods"].items())
-            + "".join(f"; openvision2 / {m} {q:.2f}x" for m, q in mb.get("ratios_vs_openvision2", {}).items()
+            + "".join(f"; openvision2 / {m} {q:.2f}x" for m, q in mb.get("openvision2_over", {}).items()
                       if m != "openvision2"))

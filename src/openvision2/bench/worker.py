@@ -59,11 +59,13 @@ def reset_cpu_peak() -> None:
         f.write("5")
 
 
-def is_oom(err: BaseException) -> bool:
+def is_oom(err: BaseException, capped: bool = False) -> bool:
+    """Out of memory? Under an address-space cap (mem_limit_bytes) an allocation failure surfaces in
+    many forms (torch's allocator, oneDNN's "could not create a primitive", ...): any RuntimeError."""
     import torch
 
     text = str(err).lower()
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or any(
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (capped and isinstance(err, RuntimeError)) or any(
         s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"))
 
 
@@ -101,7 +103,8 @@ class Worker:
                 for _, _, block in transformer_blocks(self.model):
                     block.compile(backend=spec.get("compile_backend", "inductor"))
         self.make_batch = make_batch
-        if spec.get("mem_limit_bytes") and self.device.type == "cpu":
+        self.capped = bool(spec.get("mem_limit_bytes")) and self.device.type == "cpu"
+        if self.capped:
             vm = status_kib("VmSize") * 1024
             resource.setrlimit(resource.RLIMIT_AS, (vm + int(spec["mem_limit_bytes"]), resource.RLIM_INFINITY))
         self.optimizer = build_optimizer(self.model, 1e-4, 0.2, (0.9, 0.95), 1e-8)
@@ -175,7 +178,7 @@ class Worker:
                           self.make_batch(self.method, self.shape, batch_size).items()}
             self.step()
         except Exception as err:
-            if not is_oom(err):
+            if not is_oom(err, self.capped):
                 raise
             self.batch = None
             self.optimizer.zero_grad(set_to_none=True)
@@ -205,7 +208,8 @@ def main() -> None:
     try:
         Worker(spec).serve()
     except Exception as err:  # reported to the parent as data: an OOM is a result for --max-batch
-        reply({"error": f"{type(err).__name__}: {err}".splitlines()[0][:500], "oom": is_oom(err)})
+        capped = bool(spec.get("mem_limit_bytes")) and spec.get("device") == "cpu"
+        reply({"error": f"{type(err).__name__}: {err}".splitlines()[0][:500], "oom": is_oom(err, capped)})
         sys.exit(1)
 
 
