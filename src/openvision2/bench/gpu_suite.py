@@ -299,7 +299,7 @@ def summarize(result: dict) -> str:
                  f"compiled {c['step_s']['compiled']:.3f} s ({c['speedup']:.2f}x)")
     for name in ("fsdp", "train"):
         t = s.get(name, {})
-        label = f"FSDP2 1 rank ({t.get('backend', '?')})" if name == "fsdp" else f"ov2 train {plan['train_steps']} steps"
+        label = f"FSDP2 1 rank ({t.get('backend', '?')})" if name == "fsdp" else f"training run, {plan['train_steps']} steps"
         lines.append(f"{label}: ERROR {t['error']}" if "error" in t else
                      f"{label}: loss {t['first_loss']:.3f} -> {t['last_loss']:.3f} "
                      f"({'falls' if t['loss_fell'] else 'DOES NOT FALL'}), {t['wall_s']:.0f} s")
