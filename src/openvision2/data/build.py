@@ -43,7 +43,15 @@ def build_from_config(data: DataConfig, split: str, image_size: int, seed: int =
     return ShardDataset(spec, transform, caption_key=data.caption_key, alt_caption_key=data.alt_caption_key,
                         seed=seed, shuffle=train, shuffle_buffer=data.shuffle_buffer,
                         with_replacement=train and data.sample_with_replacement,
-                        epochs=None if train else 1, drop_last=train)
+                        epochs=None if train else 1, drop_last=train, remote=remote_options(data))
+
+
+def remote_options(data: DataConfig):
+    """How the data section fetches remote shards (its shard_* fields; data/remote.py)."""
+    from .remote import RemoteOptions
+
+    return RemoteOptions(cache_dir=data.shard_cache, read_ahead=data.shard_read_ahead, timeout=data.shard_timeout,
+                         retries=data.shard_retries, storage_options=data.storage_options())
 
 
 def build_tokenizer(data: DataConfig, train_set) -> CaptionTokenizer:
