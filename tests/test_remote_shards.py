@@ -162,3 +162,15 @@ def test_training_from_remote_shards_resumes_exactly_after_a_kill(kind, corpus, 
     train(config, out, progress=False, resume=True)
     assert_same_run(out, from_disk)
     assert os.listdir(tmp_path / "cache") == []  # the killed run's cache was swept by the next one
+
+
+def test_fsspec_urls_are_fetched_and_missing_ones_counted(shards):
+    """s3://, gs://, hf:// go through fsspec; its in-memory filesystem stands in for them here."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for path in shards[:2]:
+        fs.pipe(f"/ov2-test/{Path(path).name}", Path(path).read_bytes())
+    samples, bad = _pass("memory://ov2-test/t-{000000..000002}.tar")
+    assert len(samples) == 12 and bad == {"unreadable_shard": 1}  # t-000002 is not there: no retry either
+    assert samples[0]["shard"] == "memory://ov2-test/t-000000.tar"
