@@ -3,6 +3,7 @@ disk, failures counted as unreadable_shard without stopping the run, and exact r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -174,3 +175,14 @@ def test_fsspec_urls_are_fetched_and_missing_ones_counted(shards):
     samples, bad = _pass("memory://ov2-test/t-{000000..000002}.tar")
     assert len(samples) == 12 and bad == {"unreadable_shard": 1}  # t-000002 is not there: no retry either
     assert samples[0]["shard"] == "memory://ov2-test/t-000000.tar"
+
+
+def test_bench_data_reads_shards_over_http(shards, serve, capsys):
+    from openvision2.cli import main
+
+    base = serve(Path(shards[0]).parent)
+    assert main(["bench", "data", "--shards", f"{base}/t-{{000000..000003}}.tar", "--pipelines", "openvision2",
+                 "--images", "30", "--batch-size", "10", "--res", "32", "--shuffle-buffer", "6", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["openvision2"]["by_res"]["32"]["wall_images_per_s"] > 0
+    assert result["corpus"] == {"shards": [f"{base}/t-{{000000..000003}}.tar"]}
