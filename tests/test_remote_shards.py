@@ -186,3 +186,23 @@ def test_bench_data_reads_shards_over_http(shards, serve, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["openvision2"]["by_res"]["32"]["wall_images_per_s"] > 0
     assert result["corpus"] == {"shards": [f"{base}/t-{{000000..000003}}.tar"]}
+
+
+def test_dataloader_workers_read_urls_like_files_and_clean_up(shards, serve, tmp_path):
+    from openvision2.data.loader import ShardBatches
+
+    base = serve(Path(shards[0]).parent)
+
+    def keys(spec):
+        dataset = ShardDataset(spec, EvalResize(16), shuffle_buffer=6, batch_size=4,
+                               remote=RemoteOptions(cache_dir=str(tmp_path / "cache")))
+        batches = ShardBatches(dataset, num_workers=2)
+        got = [[k.rsplit(":", 1)[1] for k in next(batches)["keys"]] for _ in range(8)]
+        del batches
+        return got
+
+    assert keys(f"{base}/t-{{000000..000003}}.tar") == keys(shards)
+    deadline = time.monotonic() + 20
+    while os.listdir(tmp_path / "cache") and time.monotonic() < deadline:  # the workers' exit removes them
+        time.sleep(0.1)
+    assert os.listdir(tmp_path / "cache") == []

@@ -27,6 +27,7 @@ import hashlib
 import http.client
 import json
 import logging
+import multiprocessing.util
 import os
 import shutil
 import signal
@@ -211,7 +212,7 @@ def _sweep(root: str) -> None:
     except OSError:
         return
     for name in names:
-        parts = name.rsplit("-", 2)
+        parts = name.rsplit("-", 2)  # host-pid-slotN_random
         if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])):
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
@@ -227,8 +228,12 @@ class ShardCache:
         os.makedirs(root, exist_ok=True)
         _sweep(root)
         self.options = options
-        self.dir = os.path.join(root, f"{socket.gethostname()}-{os.getpid()}-slot{slot}")
-        os.makedirs(self.dir, exist_ok=True)
+        # unique per cache (several may live in one process); host and pid let _sweep find the orphans
+        self.dir = tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-slot{slot}_", dir=root)
+        # removed at exit too: a DataLoader worker ends without closing its stream (multiprocessing runs
+        # these finalizers in its children as well as at the main process' exit)
+        multiprocessing.util.Finalize(self, shutil.rmtree, args=(self.dir,), kwargs={"ignore_errors": True},
+                                      exitpriority=0)
         self._lock = threading.Condition()
         self._wanted: dict[object, list[str]] = {}
         self._queue: list[str] = []
