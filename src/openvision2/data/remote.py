@@ -89,15 +89,16 @@ def _fetch_http(url: str, target: str, options: RemoteOptions, stop: threading.E
                 raise FetchError(f"got {written} of {expected} bytes")
     except urllib.error.HTTPError as err:
         raise FetchError(f"HTTP {err.code} {err.reason}", permanent=err.code not in RETRIED_HTTP) from None
-    except (urllib.error.URLError, http.client.HTTPException, socket.timeout, ConnectionError) as err:
+    except (http.client.HTTPException, OSError) as err:  # URLError, timeouts, resets, SSL errors
         raise FetchError(f"{type(err).__name__}: {getattr(err, 'reason', err)}") from None
 
 
 def _fetch_pipe(command: str, target: str, options: RemoteOptions, stop: threading.Event) -> None:
     """Run the command with its stdout into the file; kill it (and its children) when the output
     stalls for `timeout` seconds."""
+    errors = tempfile.TemporaryFile()  # not a pipe: a chatty command must not block on a full one
     with open(target, "wb") as out:
-        process = subprocess.Popen(command, shell=True, stdout=out, stderr=subprocess.PIPE,
+        process = subprocess.Popen(command, shell=True, stdout=out, stderr=errors,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     size, progressed = 0, time.monotonic()
     try:
@@ -110,12 +111,13 @@ def _fetch_pipe(command: str, target: str, options: RemoteOptions, stop: threadi
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 raise FetchError("cancelled" if stop.is_set() else f"no output for {options.timeout:g} s")
-        error = process.stderr.read().decode("utf-8", "replace").strip().splitlines()
+        errors.seek(0)
+        error = errors.read().decode("utf-8", "replace").strip().splitlines()
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-        process.stderr.close()
+        errors.close()
     if process.returncode != 0:
         raise FetchError(f"exit status {process.returncode}" + (f": {error[-1]}" if error else ""))
 
@@ -126,8 +128,8 @@ def _fsspec_options(protocol: str, options: RemoteOptions) -> dict:
     if protocol in ("s3", "s3a"):
         extra = {"config_kwargs": {"connect_timeout": options.timeout, "read_timeout": options.timeout,
                                    "retries": {"max_attempts": 1}}}
-    elif protocol in ("gs", "gcs"):
-        extra = {"timeout": options.timeout}
+    elif protocol in ("gs", "gcs"):  # gcsfs also retries 6 times by itself (~30 s on a dead network)
+        extra = {"requests_timeout": options.timeout, "timeout": options.timeout}
     return {**extra, **options.storage_options}
 
 
