@@ -109,6 +109,7 @@ def test_the_cache_keeps_only_wanted_shards_and_reads_ahead(shards, serve, tmp_p
         assert Path(first).read_bytes() == Path(shards[0]).read_bytes()
         cache.want("a", urls[:1], urls[1:3])  # urls[1:3] are fetched in the background
         assert Path(cache.get(urls[2])).read_bytes() == Path(shards[2]).read_bytes()
+        cache.get(urls[1])  # (nothing in flight now)
         cache.want("a", urls[2:3], [])
         assert sorted(os.listdir(cache.dir)) == [os.path.basename(cache.local_path(urls[2]))]
         with pytest.raises(UnreadableShard, match="HTTP 404"):

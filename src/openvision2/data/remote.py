@@ -21,6 +21,7 @@ gcloud, HF_TOKEN).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -308,6 +309,9 @@ class ShardCache:
             finally:
                 with self._lock:
                     self._busy.discard(url)
+                    if not any(url in urls for urls in self._wanted.values()):  # unwanted while it came
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(self.local_path(url))
                     self._lock.notify_all()
 
     def close(self) -> None:
