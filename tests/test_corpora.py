@@ -75,7 +75,7 @@ def test_coco_captions_keep_every_caption(tmp_path, capsys):
     path = tmp_path / "captions_train2017.json"
     path.write_text(json.dumps({"info": {}, "images": records, "annotations": annotations}))
     out = tmp_path / "out"
-    assert main(["shards", "--coco", str(path), "--images", str(images), "--out", str(out), "--json"]) == 0
+    assert main(["shards", "--coco", str(path), "--image-dir", str(images), "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     # image 2 has no caption, image 6's file is missing
     assert result["samples"] == 5 and result["skipped"] == {"empty_caption": 1, "unreadable_image": 1}
@@ -84,7 +84,7 @@ def test_coco_captions_keep_every_caption(tmp_path, capsys):
     assert all(s["caption"].startswith("caption ") for s in samples)
     _train(tmp_path, str(out / "shard-000000.tar"), caption_key="captions")
     (tmp_path / "bad.json").write_text(json.dumps({"images": []}))
-    assert main(["shards", "--coco", str(tmp_path / "bad.json"), "--images", str(images),
+    assert main(["shards", "--coco", str(tmp_path / "bad.json"), "--image-dir", str(images),
                  "--out", str(tmp_path / "o2")]) == 2
     assert "not a COCO caption file" in capsys.readouterr().err
 

@@ -183,7 +183,7 @@ def test_bench_data_reads_shards_over_http(shards, serve, capsys):
 
     base = serve(Path(shards[0]).parent)
     assert main(["bench", "data", "--shards", f"{base}/t-{{000000..000003}}.tar", "--pipelines", "openvision2",
-                 "--images", "30", "--batch-size", "10", "--res", "32", "--shuffle-buffer", "6", "--json"]) == 0
+                 "--images", "30", "--batch-size", "10", "--image-size", "32", "--shuffle-buffer", "6", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["openvision2"]["by_res"]["32"]["wall_images_per_s"] > 0
     assert result["corpus"] == {"shards": [f"{base}/t-{{000000..000003}}.tar"]}
