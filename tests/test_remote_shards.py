@@ -20,7 +20,7 @@ from openvision2.data.shards import ShardDataset, parse_sources
 from openvision2.data.tarindex import UnreadableShard
 from openvision2.train.loop import train
 from shard_fixtures import write_shards
-from test_resume_and_faults import assert_same_run, one_thread, start_child, wait_for_step  # noqa: F401
+from test_resume_and_faults import assert_same_run, start_child, wait_for_step
 from scaleout_helpers import tiny_config
 
 FAST = RemoteOptions(retries=2, backoff=0.01, timeout=5)
@@ -139,19 +139,13 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def from_disk(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("from-disk")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(_config(f"{corpus}/t-{{000000..000003}}.tar", f"{corpus}/v-000000.tar", out / "cache"), out,
-              progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train(_config(f"{corpus}/t-{{000000..000003}}.tar", f"{corpus}/v-000000.tar", out / "cache"), out,
+          progress=False)
     return out
 
 
 @pytest.mark.parametrize("kind", ["http", "pipe"])
-def test_training_from_remote_shards_resumes_exactly_after_a_kill(kind, corpus, from_disk, serve, tmp_path,
-                                                                  one_thread):  # noqa: F811
+def test_training_from_remote_shards_resumes_exactly_after_a_kill(kind, corpus, from_disk, serve, tmp_path):
     """A run reading http:// URLs (or `pipe:cat` commands), SIGKILLed and resumed, is bit-identical to
     the same run reading the files from disk."""
     prefix = serve(corpus) + "/" if kind == "http" else f"pipe:cat {corpus}/"
