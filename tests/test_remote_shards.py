@@ -213,3 +213,13 @@ def test_training_goes_on_past_a_missing_and_a_dropping_shard(corpus, serve, tmp
     last = [r for r in records if "bad_samples" in r][-1]
     # both bad shards counted (a second epoch may have begun and counted one again), nothing else lost
     assert last["bad_samples/unreadable_shard"] >= 2 and last["bad_samples"] == last["bad_samples/unreadable_shard"]
+
+
+def test_storage_options_must_be_a_json_object():
+    from openvision2.data.config import DataConfig
+    from openvision2.errors import UserError
+
+    assert DataConfig(shard_storage_options='{"anon": true}').validate().storage_options() == {"anon": True}
+    for bad in ("anon", "[1]"):
+        with pytest.raises(UserError, match="shard_storage_options"):
+            DataConfig(shard_storage_options=bad).validate()
