@@ -38,6 +38,9 @@ def run(args) -> int:
     from ..errors import UserError
     from ..generate import greedy_caption
 
+    if args.limit < 0 or args.batch_size < 1 or args.show < 0:
+        raise UserError(f"--limit must be >= 0, --batch-size >= 1 and --show >= 0 (got {args.limit}, "
+                        f"{args.batch_size}, {args.show})")
     classes = CLASSES if args.classes == "fashion-mnist" else tuple(c.strip().lower() for c in args.classes.split(","))
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
     dataset = ShardDataset(args.shards, EvalResize(model.config.image_size), caption_key="json",

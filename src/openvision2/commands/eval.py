@@ -189,7 +189,22 @@ def _captions(args, model, tokenizer, count: int, options: dict) -> dict:
     return result
 
 
+# Count options of the targets: the least value each accepts.
+_AT_LEAST = {"test_images": 1, "train_images": 1, "images": 1, "caption_images": 1, "attentive_epochs": 1,
+             "beam_size": 1, "batch_size": 1, "new_tokens": 1, "repeats": 1, "show": 0, "top_k": 0}
+
+
+def check_counts(args) -> None:
+    from ..errors import UserError
+
+    for key, least in _AT_LEAST.items():
+        value = getattr(args, key, None)
+        if value is not None and value < least:
+            raise UserError(f"--{key.replace('_', '-')} must be >= {least}, got {value}")
+
+
 def run(args) -> int:
+    check_counts(args)
     target = args.eval_target
     if target == "speed":
         return _run_speed(args)

@@ -68,7 +68,15 @@ def expand_shards(spec: str) -> list[str]:
         if not found:
             raise UserError(f"directory {spec} holds no .tar shards")
         return found
-    return [path for path in expand_urls(spec) if path]
+    try:
+        paths = [path for path in expand_urls(spec) if path]
+    except ValueError:  # braceexpand's UnbalancedBracesError
+        raise UserError(f"shard pattern {spec!r} has unbalanced braces: write e.g. "
+                        "data/train-{000000..000009}.tar") from None
+    if paths and not any(os.path.exists(path) for path in paths):
+        raise UserError(f"none of the {len(paths)} shards of {spec!r} exists (e.g. {paths[0]}): "
+                        "check the path, or write shards with `ov2 shards`")
+    return paths
 
 
 def parse_sources(spec: str) -> list[Source]:
