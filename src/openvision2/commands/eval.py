@@ -186,6 +186,8 @@ def _captions(args, model, tokenizer, count: int, options: dict) -> dict:
     data = shard_captions(args.shards, count, size) if args.shards else synthetic_captions(count, size, args.seed)
     result = caption_metrics(model, tokenizer, data.images, data.references, **options)
     result["references"] = [refs[0] for refs in data.references]
+    if data.skipped:
+        result["skipped"] = data.skipped  # bad held-out samples passed over, by reason
     return result
 
 
@@ -228,6 +230,8 @@ def run(args) -> int:
     if target == "zeroshot":
         task = _task(args, size)
         result = {"task": task.name, "reduce": args.reduce, **_zeroshot(args, models, tokenizer, task)}
+        if task.test.skipped:
+            result["skipped"] = task.test.skipped
         lines = _table(f"zero-shot {task.name} ({len(task.classnames)} classes, {len(task.test.labels)} images, "
                        f"prompt score = {args.reduce} of token log-likelihoods)",
                        [(n, result[n]) for n in models], ["top1", "top5"])
