@@ -136,3 +136,24 @@ def test_labelled_evaluation_shards_skip_and_count_bad_samples(tmp_path):
     task = fashion_mnist_task(str(tmp_path), 16, num_train=100, num_test=100)
     assert task.test.labels.tolist() == [0, 1, 0, 2, 3]  # the labelled reader reads no caption
     assert task.test.skipped == {"corrupt_image": 1, "bad_text": 1, "unreadable_shard": 1}
+
+
+def test_caption_accuracy_skips_and_counts_bad_samples(tmp_path, capsys):
+    import json
+
+    from openvision2.cli import main
+
+    from interop_fixtures import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "ckpt")
+    with ShardWriter(tmp_path / "labelled", prefix="test", per_shard=10) as writer:
+        writer.write("bag", {"png": image_bytes(0, fmt="PNG"), "json": {"class": "bag"}})
+        writer.write("badjson", {"png": image_bytes(1, fmt="PNG"), "json": b"{not json"})
+        writer.write("corrupt", {"jpg": image_bytes(2, (64, 64))[:300], "json": {"class": "coat"}})
+        writer.write("unknown", {"png": image_bytes(3, fmt="PNG"), "json": {"class": "hat"}})
+        writer.write("coat", {"png": image_bytes(4, fmt="PNG"), "json": {"class": "coat"}})
+    assert main(["caption-accuracy", "--checkpoint", str(tmp_path / "ckpt"), "--shards",
+                 str(tmp_path / "labelled"), "--classes", "bag,coat", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 2
+    assert result["skipped"] == {"bad_text": 1, "corrupt_image": 1, "missing_label": 1}

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from glob import glob
+from itertools import islice
 
 import numpy as np
 import torch
@@ -529,25 +530,35 @@ class ShardDataset(IterableDataset):
         return self.first(count)[0]
 
     def first(self, count: int, accept: Callable[[dict], object] | None = None) -> tuple[list, dict[str, int]]:
-        """The first `count` good samples of a single-process pass in shard order, and the skipped ones
-        by reason. `accept(sample)` returns what to keep of a sample, or rejects it by raising BadSample
-        (counted like the rest). Every held-out set (the training loop's, periodic and `ov2 eval`
-        evaluations, `ov2 report`) is read this way."""
-        out = []
-        stream = self.open_slot(0, 1)
-        try:
-            while len(out) < count and (sample := stream.next_sample()) is not None:
-                try:
-                    out.append(sample if accept is None else accept(sample))
-                except BadSample as err:
-                    stream.bad.record(err.reason, sample["shard"], sample["key"], err.detail)
-        finally:
-            stream.close()
-        skipped = stream.bad.as_dict()
+        """The first `count` good samples of `ordered(accept)`, and the skipped ones by reason (logged)."""
+        skipped: dict[str, int] = {}
+        samples = self.ordered(accept, skipped)
+        out = list(islice(samples, count))
+        samples.close()
         if skipped:
             log.warning("held-out samples from %s: kept %d, skipped %s", self.sources[0].shards[0], len(out),
                         ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
         return out, skipped
+
+    def ordered(self, accept: Callable[[dict], object] | None = None,
+                skipped: dict[str, int] | None = None) -> Iterator:
+        """The good samples of a single-process pass in shard order. `accept(sample)` returns what to keep
+        of a sample, or rejects it by raising BadSample; rejected and bad samples are counted by reason
+        into `skipped` (when the iteration ends). Every held-out set (the training loop's, periodic and
+        `ov2 eval` evaluations, `ov2 report`, `ov2 caption-accuracy`) is read this way."""
+        stream = self.open_slot(0, 1)
+        try:
+            while (sample := stream.next_sample()) is not None:
+                try:
+                    item = sample if accept is None else accept(sample)
+                except BadSample as err:
+                    stream.bad.record(err.reason, sample["shard"], sample["key"], err.detail)
+                    continue
+                yield item
+        finally:
+            stream.close()
+            if skipped is not None:
+                skipped.update(stream.bad.as_dict())
 
     def captions(self, limit: int = 100_000) -> list[str]:
         """Captions of the first `limit` samples in shard order, without decoding an image (e.g. to
