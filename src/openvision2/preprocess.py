@@ -38,8 +38,10 @@ def load_image(path: str | Path, size: int, max_pixels: int | None = None) -> to
     (decompression bomb: over `max_pixels`, PIL's limit by default) file."""
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked here
+            image = Image.open(path)
+        with image:
             if limit and image.width * image.height > limit:
                 raise UserError(f"image {path} is {image.width}x{image.height} pixels, over the limit of {limit} "
                                 "(a decompression bomb?): resize it first")

@@ -34,7 +34,7 @@ class ShardIndex:
     # one dict per key: extension (lower case, e.g. "jpg", "txt", "json") -> (data offset, size)
     members: list[dict[str, tuple[int, int]]] = field(default_factory=list)
     truncated: str = ""  # why the archive is cut short ("" if complete)
-    data: bytes | None = None  # the decompressed archive, for gzip shards (they cannot be seeked)
+    data: bytearray | None = None  # the decompressed archive, for gzip shards (they cannot be seeked)
     file: str = ""  # where the bytes are, if not at `path` (a remote shard's local copy, data/remote.py)
 
     def __len__(self) -> int:
@@ -54,7 +54,7 @@ def inflated_cap(compressed_size: int) -> int:
     return min(MAX_INFLATED_BYTES, max(MIN_INFLATED_CAP, MAX_GZIP_RATIO * compressed_size))
 
 
-def _gunzip(f, compressed_size: int) -> tuple[bytes, str]:
+def _gunzip(f, compressed_size: int) -> tuple[bytearray, str]:
     """Decompress a gzip stream, keeping what precedes damage or truncation; UnreadableShard as soon as
     the output passes inflated_cap (never holding more than the cap plus one chunk)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -73,7 +73,7 @@ def _gunzip(f, compressed_size: int) -> tuple[bytes, str]:
         if len(out) > cap:
             raise UnreadableShard(f"gzip inflates to more than {cap} bytes from {compressed_size} "
                                   "(a decompression bomb?): unpack it, or split it into smaller shards")
-    return bytes(out), problem
+    return out, problem  # not copied to bytes: that would double the peak memory
 
 
 def index_shard(path: str) -> ShardIndex:
@@ -87,10 +87,24 @@ def index_shard(path: str) -> ShardIndex:
             f.seek(0)
             if magic == b"\x1f\x8b":
                 data, gzip_problem = _gunzip(f, size)
-                return _index(path, io.BytesIO(data), len(data), data, gzip_problem)
+                return _index(path, _BufferFile(data), len(data), data, gzip_problem)
             return _index(path, f, size, None, "")
     except OSError as err:
         raise UnreadableShard(f"cannot open: {err.strerror or err}") from None
+
+
+class _BufferFile:
+    """seek/read over a buffer without copying it (io.BytesIO copies a bytearray)."""
+
+    def __init__(self, data: bytearray):
+        self.view, self.position = memoryview(data), 0
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
+    def read(self, size: int) -> bytes:
+        self.position += size
+        return bytes(self.view[self.position - size:self.position])
 
 
 def _octal(field: bytes) -> int | None:
@@ -112,7 +126,7 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def _index(path: str, f, size: int, data: bytes | None, problem: str) -> ShardIndex:
+def _index(path: str, f, size: int, data: bytearray | None, problem: str) -> ShardIndex:
     """Walk the ustar/GNU/pax headers by hand: tarfile's parser costs ~30 us a member, this ~3 us."""
     index = ShardIndex(path, data=data)
     position: dict[str, int] = {}
@@ -180,7 +194,7 @@ class ShardReader:
 
     def read(self, index: ShardIndex, offset: int, size: int) -> bytes:
         if index.data is not None:
-            return index.data[offset:offset + size]
+            return bytes(memoryview(index.data)[offset:offset + size])
         f = self._files.get(index.path)
         if f is None:
             try:
