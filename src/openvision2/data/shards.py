@@ -542,9 +542,9 @@ class ShardDataset(IterableDataset):
 
     def ordered(self, accept: Callable[[dict], object] | None = None,
                 skipped: dict[str, int] | None = None) -> Iterator:
-        """The good samples of a single-process pass in shard order. `accept(sample)` returns what to keep
-        of a sample, or rejects it by raising BadSample; rejected and bad samples are counted by reason
-        into `skipped` (when the iteration ends). Every held-out set (the training loop's, periodic and
+        """The good samples of a single-process pass (in shard order unless the dataset shuffles).
+        `accept(sample)` returns what to keep of a sample, or rejects it by raising BadSample; rejected
+        and bad samples are counted by reason into `skipped` (when the iteration ends). Every held-out set (the training loop's, periodic and
         `ov2 eval` evaluations, `ov2 report`, `ov2 caption-accuracy`) is read this way."""
         stream = self.open_slot(0, 1)
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from ..data import synthetic
 from ..errors import UserError
 
@@ -101,18 +102,17 @@ def read_held_out(shards: str | list[str], image_size: int, count: int, caption_
     return dataset.first(count, accept)
 
 
-def _labelled(sample: dict) -> tuple[torch.Tensor, int]:
+def _read_shards(paths: list[Path], limit: int, image_size: int, num_classes: int) -> Split:
+    """The first `limit` samples with an image and a json label (a class index) from tar shards, in shard order."""
     from ..data.badsamples import BadSample
 
-    label = sample["meta"].get("label")
-    if not isinstance(label, int) or isinstance(label, bool) or label < 0:
-        raise BadSample("missing_label", f"json label {label!r} is not a class index")
-    return sample["image"], label
+    def labelled(sample: dict) -> tuple[torch.Tensor, int]:
+        label = sample["meta"].get("label")
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+            raise BadSample("missing_label", f"json label {label!r} is not a class index below {num_classes}")
+        return sample["image"], label
 
-
-def _read_shards(paths: list[Path], limit: int, image_size: int) -> Split:
-    """The first `limit` samples with an image and a json label from tar shards, in shard order."""
-    found, skipped = read_held_out([str(p) for p in paths], image_size, limit, caption_key="", accept=_labelled)
+    found, skipped = read_held_out([str(p) for p in paths], image_size, limit, caption_key="", accept=labelled)
     if not found:
         raise UserError(f"no labelled samples in {', '.join(map(str, paths))}"
                         + (f" (skipped: {skipped})" if skipped else ""))
@@ -129,8 +129,8 @@ def fashion_mnist_task(shard_dir: str, image_size: int, num_train: int = 2000, n
     if not test_paths or not train_paths:
         raise UserError(f"no Fashion-MNIST shards (train-*.tar and test-*.tar) in {root}: "
                         "write them with `ov2 shards --fashion-mnist --out DIR`")
-    train = _read_shards(train_paths, num_train, image_size)
-    test = _read_shards(test_paths, num_test, image_size)
+    train = _read_shards(train_paths, num_train, image_size, len(CLASSES))
+    test = _read_shards(test_paths, num_test, image_size, len(CLASSES))
     prompts = [[text.rstrip(".") for text in captions_for(label)] for label in range(len(CLASSES))]
     return ClassificationTask("fashion-mnist", list(CLASSES), prompts, train, test)
 
