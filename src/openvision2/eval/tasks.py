@@ -166,6 +166,8 @@ def shard_captions(shards: str, count: int, image_size: int) -> CaptionSet:
     """The first `count` samples of tar shards (a directory, preferring test-*.tar; a .tar file; or a
     shard pattern, remote ones included: data/remote.py): the txt member is the caption; a json
     "captions" list adds references."""
+    from ..data.shards import MAX_CAPTION_CHARS
+
     root = Path(shards)
     paths = [str(p) for p in (sorted(root.glob("test-*.tar")) or sorted(root.glob("*.tar")))] if root.is_dir() \
         else shards
@@ -174,8 +176,8 @@ def shard_captions(shards: str, count: int, image_size: int) -> CaptionSet:
 
     def references(sample: dict) -> tuple[torch.Tensor, list[str]]:
         refs, extra = [sample["caption"]], sample["meta"].get("captions")
-        if isinstance(extra, list):
-            refs += [c for c in extra if isinstance(c, str) and c != refs[0]]
+        if isinstance(extra, list):  # cut like the caption itself
+            refs += [c[:MAX_CAPTION_CHARS] for c in extra if isinstance(c, str) and c != refs[0]]
         return sample["image"], refs
 
     found, skipped = read_held_out(paths, image_size, count, accept=references)
