@@ -74,7 +74,7 @@ def expand_shards(spec: str) -> list[str]:
     except ValueError:  # braceexpand's UnbalancedBracesError
         raise UserError(f"shard pattern {spec!r} has unbalanced braces: write e.g. "
                         "data/train-{000000..000009}.tar") from None
-    if paths and not any(os.path.exists(path) for path in paths):
+    if paths and not any(is_remote(path) or os.path.exists(path) for path in paths):
         raise UserError(f"none of the {len(paths)} shards of {spec!r} exists (e.g. {paths[0]}): "
                         "check the path, or write shards with `ov2 shards`")
     return paths
