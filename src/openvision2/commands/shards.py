@@ -143,7 +143,8 @@ def write_other_corpus(args) -> dict:
         from ..data.corpora import parquet
 
         paths = parquet.files(args.parquet)
-        result = write_corpus(args, parquet.rows(paths, args.image_column, args.caption_column, args.image_dir),
+        result = write_corpus(args, parquet.rows(paths, args.image_column, args.caption_column, args.image_dir,
+                                                       args.allow_outside_images),
                               total=parquet.count(paths))
         source = ", ".join(args.parquet)
     elif args.coco:
@@ -152,7 +153,7 @@ def write_other_corpus(args) -> dict:
         if not args.image_dir:
             raise UserError("--coco needs --image-dir DIR, the folder its file_name entries are in")
         data = coco.load(args.coco)
-        result = write_corpus(args, coco.rows(data, args.image_dir), total=coco.count(data))
+        result = write_corpus(args, coco.rows(data, args.image_dir, args.allow_outside_images), total=coco.count(data))
         source = args.coco
     else:
         from ..data.corpora import img2dataset
