@@ -186,10 +186,27 @@ def _captions(args, model, tokenizer, count: int, options: dict) -> dict:
     data = shard_captions(args.shards, count, size) if args.shards else synthetic_captions(count, size, args.seed)
     result = caption_metrics(model, tokenizer, data.images, data.references, **options)
     result["references"] = [refs[0] for refs in data.references]
+    if data.skipped:
+        result["skipped"] = data.skipped  # bad held-out samples passed over, by reason
     return result
 
 
+# Count options of the targets: the least value each accepts.
+_AT_LEAST = {"test_images": 1, "train_images": 1, "images": 1, "caption_images": 1, "attentive_epochs": 1,
+             "beam_size": 1, "batch_size": 1, "new_tokens": 1, "repeats": 1, "show": 0, "top_k": 0}
+
+
+def check_counts(args) -> None:
+    from ..errors import UserError
+
+    for key, least in _AT_LEAST.items():
+        value = getattr(args, key, None)
+        if value is not None and value < least:
+            raise UserError(f"--{key.replace('_', '-')} must be >= {least}, got {value}")
+
+
 def run(args) -> int:
+    check_counts(args)
     target = args.eval_target
     if target == "speed":
         return _run_speed(args)
@@ -213,6 +230,8 @@ def run(args) -> int:
     if target == "zeroshot":
         task = _task(args, size)
         result = {"task": task.name, "reduce": args.reduce, **_zeroshot(args, models, tokenizer, task)}
+        if task.test.skipped:
+            result["skipped"] = task.test.skipped
         lines = _table(f"zero-shot {task.name} ({len(task.classnames)} classes, {len(task.test.labels)} images, "
                        f"prompt score = {args.reduce} of token log-likelihoods)",
                        [(n, result[n]) for n in models], ["top1", "top5"])

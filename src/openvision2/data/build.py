@@ -43,7 +43,15 @@ def build_from_config(data: DataConfig, split: str, image_size: int, seed: int =
     return ShardDataset(spec, transform, caption_key=data.caption_key, alt_caption_key=data.alt_caption_key,
                         seed=seed, shuffle=train, shuffle_buffer=data.shuffle_buffer,
                         with_replacement=train and data.sample_with_replacement,
-                        epochs=None if train else 1, drop_last=train)
+                        epochs=None if train else 1, drop_last=train, remote=remote_options(data))
+
+
+def remote_options(data: DataConfig):
+    """How the data section fetches remote shards (its shard_* fields; data/remote.py)."""
+    from .remote import RemoteOptions
+
+    return RemoteOptions(cache_dir=data.shard_cache, read_ahead=data.shard_read_ahead, timeout=data.shard_timeout,
+                         retries=data.shard_retries, storage_options=data.storage_options())
 
 
 def build_tokenizer(data: DataConfig, train_set) -> CaptionTokenizer:
@@ -120,6 +128,12 @@ class CaptionCollate:
 
 def fixed_batch(dataset: Dataset, collate: CaptionCollate, count: int) -> dict:
     """The first `count` samples as one batch: the held-out set evaluated throughout a run."""
-    if hasattr(dataset, "take"):  # a ShardDataset (iterable): the first samples of an ordered pass
-        return collate(dataset.take(count))
-    return collate([dataset[i] for i in range(min(count, len(dataset)))])
+    if hasattr(dataset, "first"):  # a ShardDataset (iterable): the first samples of an ordered pass
+        samples, skipped = dataset.first(count)
+    else:
+        samples, skipped = [dataset[i] for i in range(min(count, len(dataset)))], {}
+    if not samples:
+        found = f"every sample was skipped ({skipped})" if skipped else "it is empty"
+        raise UserError(f"the held-out set has no usable sample: {found}; point val_shards at image-caption "
+                        "shards (or set val_samples >= 1)")
+    return collate(samples)

@@ -27,6 +27,13 @@ class DataConfig:
     sample_with_replacement: bool = option(False, "draw shards at random instead of epoch permutations")
     max_image_pixels: int = option(89_478_485, "larger images are skipped as decompression bombs (PIL's limit)",
                                    low=1)
+    # --- remote shards (http(s)://, s3://, gs://, hf://, pipe:; data/remote.py): fetched whole into a cache ---
+    shard_cache: str = option("", "directory remote shards are fetched into; empty = the system's temporary one")
+    shard_read_ahead: int = option(0, "remote shards fetched ahead while the current ones train; 0 = as many as "
+                                      "a shuffle group holds", low=0)
+    shard_timeout: float = option(60.0, "seconds without progress before a fetch try fails", low=0.0, low_open=True)
+    shard_retries: int = option(3, "tries (with backoff) before a remote shard counts as unreadable_shard", low=1)
+    shard_storage_options: str = option("", "fsspec options as JSON, e.g. {\"anon\": true} for a public S3 bucket")
     # --- tokenizer ---
     tokenizer: str = option("wordpiece", "wordpiece (OpenVision's BERT ids, 32k head) or bpe (fitted to the "
                                          "training captions)", choices=TOKENIZERS)
@@ -36,7 +43,23 @@ class DataConfig:
 
     def validate(self) -> "DataConfig":
         check_fields(self, "")
+        self.storage_options()
         return self
+
+    def storage_options(self) -> dict:
+        """shard_storage_options as a dict (a one-line error if it is not a JSON object)."""
+        import json
+
+        from ..errors import UserError
+
+        text = self.shard_storage_options.strip()
+        try:
+            value = json.loads(text) if text else {}
+        except ValueError as err:
+            raise UserError(f"shard_storage_options is not JSON ({err}): give e.g. '{{\"anon\": true}}'") from None
+        if not isinstance(value, dict):
+            raise UserError("shard_storage_options must be a JSON object, e.g. '{\"anon\": true}'")
+        return value
 
     @property
     def expected_vocab_size(self) -> int:

@@ -237,7 +237,9 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
                     record.update({f"bad_samples/{reason}": count for reason, count in reasons.items()})
                 if metrics:
                     metrics.write(record)
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}")
+                # data_wait: the share of the time spent waiting for batches (a slow source shows here)
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}",
+                                data_wait=f"{record['data_wait']:.0%}")
                 window.reset()
             if step % config.eval.every == 0 or step == optim.steps:
                 val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
