@@ -93,14 +93,14 @@ def test_bench_rejects_bad_input(capsys):
 
 def test_sweep_writes_json_and_png_per_axis_value(tmp_path, capsys):
     rounds = TINY.index("--rounds")
-    args = TINY[:rounds] + TINY[rounds + 2:] + ["--rounds", "1", "--methods", "openvision2,openvision1"]
+    args = TINY[:rounds] + TINY[rounds + 2:] + ["--rounds", "1", "--methods", "openvision2"]
     assert main(["bench", *args, "--sweep", "precision=fp32,bf16", "--out", str(tmp_path)]) == 0
     out = json.loads((tmp_path / "sweep-precision.json").read_text())
     assert [p["precision"] for p in out["points"]] == ["fp32", "bf16"]
     for point in out["points"]:
-        assert set(point["methods"]) == {"openvision2", "openvision1"} and point["methods"]["openvision1"]["mfu"] > 0
+        assert set(point["methods"]) == {"openvision2"} and point["methods"]["openvision2"]["mfu"] > 0
     assert (tmp_path / "sweep-precision.png").read_bytes()[:4] == b"\x89PNG"
-    assert "openvision1" in capsys.readouterr().out
+    assert "bf16 openvision2" in capsys.readouterr().out
 
 
 def test_gpu_suite_dry_run_writes_every_section(tmp_path, capsys):
