@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from openvision2.checkpoint import load_checkpoint
+from openvision2.cli import main
 from openvision2.errors import UserError
 from openvision2.train import state as ckpt
 from openvision2.train.faults import PREEMPTED_EXIT
@@ -43,9 +44,12 @@ def train_args(config, out: Path, *flags: str) -> list[str]:
     return ["train", "--out", str(out), "--no-progress", *flags, *overrides(config)]
 
 
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("ov2 train: error: "), result.stderr
+def cli_error(capsys, *args: str) -> str:
+    """`ov2 ...` in this process: the one line it prints for a refused command."""
+    capsys.readouterr()
+    assert main(list(args)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ov2 train: error: "), lines
     return lines[0]
 
 
@@ -73,14 +77,14 @@ class Planted:
         return (open, (str(self.marker), "w"))  # what os.system would be in an attack: a side effect
 
 
-def test_a_planted_metadata_pickle_never_runs(tmp_path):
+def test_a_planted_metadata_pickle_never_runs(tmp_path, capsys):
     out, marker = tmp_path / "run", tmp_path / "executed"
     config = quick(steps=2, ckpt_every=2)
     train(config, out, progress=False)
     (out / "checkpoints" / latest_name(out) / "dcp" / ".metadata").write_bytes(pickle.dumps(Planted(marker)))
-    result = ov2(*train_args(quick(steps=4, ckpt_every=2), out, "--resume"))
+    error = cli_error(capsys, *train_args(quick(steps=4, ckpt_every=2), out, "--resume"))
     assert not marker.exists()
-    assert "tampered" in one_line_error(result)
+    assert "tampered" in error
 
 
 def test_checkpoint_state_holds_only_tensors(tmp_path):
@@ -126,12 +130,12 @@ def test_overwrite_starts_a_new_run(tmp_path):
 
 # --- 5, 6. two runs, SIGTERM to the process group (real processes) ---
 
-def test_a_second_run_into_a_locked_directory_gets_one_line(tmp_path):
+def test_a_second_run_into_a_locked_directory_gets_one_line(tmp_path, capsys):
     first = start_ov2(*train_args(quick(steps=2000, ckpt_every=1000), tmp_path))
     try:
         wait_for_step(tmp_path, 1, first)
-        second = ov2(*train_args(quick(steps=2000, ckpt_every=1000), tmp_path, "--resume"))
-        assert f"in use by another run (pid {first.pid})" in one_line_error(second)
+        second = cli_error(capsys, *train_args(quick(steps=2000, ckpt_every=1000), tmp_path, "--resume"))
+        assert f"in use by another run (pid {first.pid})" in second
         assert first.poll() is None  # the first run goes on
     finally:
         first.kill()
@@ -228,12 +232,12 @@ def test_non_finite_weights_are_never_published(tmp_path):
 
 # --- 15. one line, never a traceback ---
 
-def test_an_unusable_out_is_one_line(tmp_path):
+def test_an_unusable_out_is_one_line(tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
-    assert "choose a writable --out" in one_line_error(ov2(*train_args(quick(), tmp_path / "a-file" / "run")))
-    if os.access("/sys", os.W_OK) and not os.path.ismount("/sys"):
-        pytest.skip("no read-only filesystem at /sys here")
-    assert "choose a writable --out" in one_line_error(ov2(*train_args(quick(), Path("/sys/ov2-run"))))
+    assert "choose a writable --out" in cli_error(capsys, *train_args(quick(), tmp_path / "a-file" / "run"))
+    if not os.path.ismount("/sys"):
+        pytest.skip("no sysfs (a filesystem that refuses new directories) at /sys here")
+    assert "choose a writable --out" in cli_error(capsys, *train_args(quick(), Path("/sys/ov2-run")))
 
 
 def test_damaged_checkpoint_configs_and_init_from_are_one_line(tmp_path):

@@ -16,7 +16,7 @@ from openvision2.errors import UserError
 from openvision2.precision import auto_precision, cpu_has_native_bf16
 from openvision2.train.loop import train
 from scaleout_helpers import final_weights, losses
-from test_run_safety import one_line_error, ov2, quick, start_ov2, train_args, wait_for_step
+from test_run_safety import cli_error, ov2, quick, start_ov2, train_args, wait_for_step
 
 AUTO = auto_precision(torch.device("cpu"))
 OTHER = {"bf16": "fp32", "fp32": "bf16"}[AUTO]
@@ -32,34 +32,33 @@ def assert_same_weights(a, b) -> None:
 def test_the_same_command_twice_gives_bitwise_the_same_weights(tmp_path, precision):
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16 (AVX-512 BF16 / AMX)")
-    for name in ("a", "b"):
-        result = ov2(*train_args(quick(steps=3, precision=precision), tmp_path / name))
-        assert result.returncode == 0, result.stderr
+    train(quick(steps=3, precision=precision), tmp_path / "a", progress=False)  # in this process
+    result = ov2(*train_args(quick(steps=3, precision=precision), tmp_path / "b"))  # in another
+    assert result.returncode == 0, result.stderr
     assert_same_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_sigkill_and_resume_with_precision_auto_is_the_uninterrupted_run(tmp_path):
     config = quick(steps=10, ckpt_every=2, precision="auto")
-    assert ov2(*train_args(config, tmp_path / "whole")).returncode == 0
+    train(config, tmp_path / "whole", progress=False)
     process = start_ov2(*train_args(config, tmp_path / "killed"))
     wait_for_step(tmp_path / "killed", 5, process)
     os.killpg(process.pid, signal.SIGKILL)
     process.communicate()
-    resumed = ov2(*train_args(config, tmp_path / "killed", "--resume"))
-    assert resumed.returncode == 0, resumed.stderr
+    train(config, tmp_path / "killed", progress=False, resume=True)  # another process than the killed one
     assert_same_weights(tmp_path / "killed", tmp_path / "whole")
     assert losses(tmp_path / "killed") == losses(tmp_path / "whole")
 
 
-def test_choices_are_recorded_printed_first_and_a_contradiction_is_refused(tmp_path):
-    first = ov2(*train_args(quick(steps=2, ckpt_every=2, precision="auto"), tmp_path))
-    assert first.returncode == 0, first.stderr
-    assert first.stdout.splitlines()[0].startswith(f"run {tmp_path}: precision {AUTO} (asked auto), parallel none")
+def test_choices_are_recorded_printed_first_and_a_contradiction_is_refused(tmp_path, capsys):
+    train(quick(steps=2, ckpt_every=2, precision="auto"), tmp_path, progress=False)
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith(f"run {tmp_path}: precision {AUTO} (asked auto), parallel none")
     resolved = json.loads((tmp_path / "config.json").read_text())["resolved"]
     assert resolved == {"precision": AUTO, "parallel": "none", "threads": 1, "world_size": 1,
                         "tokenizer": "bpe vocab 128"}
-    refused = ov2(*train_args(quick(steps=4, ckpt_every=2, precision=OTHER), tmp_path, "--resume"))
-    assert f"precision={OTHER} contradicts precision={AUTO} recorded in" in one_line_error(refused)
+    refused = cli_error(capsys, *train_args(quick(steps=4, ckpt_every=2, precision=OTHER), tmp_path, "--resume"))
+    assert f"precision={OTHER} contradicts precision={AUTO} recorded in" in refused
 
 
 def test_a_torchrun_restart_reuses_the_recorded_choices(tmp_path, monkeypatch):
