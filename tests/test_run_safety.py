@@ -128,6 +128,20 @@ def test_overwrite_starts_a_new_run(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == ["step-0000002"]
 
 
+def test_a_recipe_refuses_a_directory_it_does_not_own(tmp_path):
+    from openvision2.train.recipes import run_recipe
+
+    tiny = ["train_samples=64", "val_samples=8", "batch_size=8", "evals=", "bpe_vocab_size=128", "num_workers=0"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a run")
+    with pytest.raises(UserError, match="is not empty .*not a recipe's directory"):
+        run_recipe("tiny-cpu", tmp_path / "mine", tiny, steps=1, progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "recipe.json").write_text('{"recipe": "l14"}')
+    with pytest.raises(UserError, match="holds recipe 'l14', not 'tiny-cpu'"):
+        run_recipe("tiny-cpu", tmp_path / "other", tiny, steps=1, progress=False)
+
+
 # --- 5, 6. two runs, SIGTERM to the process group (real processes) ---
 
 def test_a_second_run_into_a_locked_directory_gets_one_line(tmp_path, capsys):

@@ -117,10 +117,18 @@ def recorded(out_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text()).get("resolved", {})
+        resolved = json.loads(path.read_text()).get("resolved", {})
+        if not isinstance(resolved, dict):
+            raise ValueError
     except (OSError, ValueError, AttributeError):
         raise UserError(f"{path} is unreadable or not a JSON object: restore it, or start a new run "
                         f"directory") from None
+    expected = {"precision": str, "parallel": str, "tokenizer": str, "threads": int, "world_size": int}
+    wrong = [k for k, kind in expected.items() if k in resolved and type(resolved[k]) is not kind]
+    if wrong or resolved.get("threads", 1) < 1:
+        raise UserError(f"{path}: the recorded {', '.join(wrong) or 'threads'} is not valid; restore the file, "
+                        f"or start a new run directory")
+    return resolved
 
 
 def reconcile(requested: dict[str, str], automatic: dict[str, str], previous: dict, where: Path) -> dict[str, str]:
