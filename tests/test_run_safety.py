@@ -238,10 +238,30 @@ def test_disk_full_is_one_line_and_keeps_latest(tmp_path, monkeypatch):
 
 # --- 9. a checkpoint whose weights are not finite is never published ---
 
-def test_non_finite_weights_are_never_published(tmp_path):
-    with pytest.raises(UserError, match="not finite after step 2"):
-        train(quick(steps=2, base_lr=float("inf")), tmp_path, progress=False)
-    assert not (tmp_path / "checkpoints" / "latest").exists()
+def test_non_finite_weights_are_never_published(tmp_path, monkeypatch):
+    """An update that overflows the weights while the loss and gradient were finite (what a huge
+    learning rate or a bf16 overflow does): the checkpoint after it is refused, `latest` stays."""
+    from openvision2.train import loop
+
+    def overflowing_optimizer(model, *args, **kwargs):
+        optimizer = real_build(model, *args, **kwargs)
+        real_step, calls = optimizer.step, []
+
+        def step(*a, **k):
+            real_step(*a, **k)
+            calls.append(1)
+            if len(calls) == 3:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("inf"))
+
+        optimizer.step = step
+        return optimizer
+
+    real_build = loop.build_optimizer
+    monkeypatch.setattr(loop, "build_optimizer", overflowing_optimizer)
+    with pytest.raises(UserError, match="not finite after step 4"):
+        train(quick(steps=4, ckpt_every=2), tmp_path, progress=False)
+    assert latest_name(tmp_path) == "step-0000002"
 
 
 # --- 15. one line, never a traceback ---

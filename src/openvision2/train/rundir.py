@@ -53,8 +53,10 @@ def locked(out_dir: Path, what: str = "run"):
         raise UserError(f"{out_dir} is in use by another {what} (pid {holder}); wait for it to finish, "
                         f"or choose another --out") from None
     except OSError as err:  # a filesystem without locks (e.g. Lustre mounted without -o flock)
-        print(f"warning: cannot lock {out_dir / LOCK} ({err.strerror}): nothing stops a second run from "
-              f"using {out_dir} at the same time", flush=True)
+        from ..logs import get_logger
+
+        get_logger("train").warning(f"cannot lock {out_dir / LOCK} ({err.strerror}): nothing stops a second "
+                                    f"run from using {out_dir} at the same time")
     try:
         handle.seek(0)
         handle.truncate()
