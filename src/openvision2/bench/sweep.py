@@ -41,8 +41,8 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 
 def run_sweep(args, device, precision: str, methods: list[str], shape) -> int:
-    from .train_step import base_spec_of, bench_methods, device_name, log, measure_peak_tflops, \
-        resolve_bench_precision
+    from ..precision import resolve_precision_name
+    from .train_step import base_spec_of, bench_methods, device_name, log, measure_peak_tflops
 
     axis, values = parse_sweep(args.sweep)
     field = AXES[axis][0]
@@ -51,7 +51,7 @@ def run_sweep(args, device, precision: str, methods: list[str], shape) -> int:
     for value in values:
         point_shape, point_precision = shape, precision
         if axis == "precision":
-            point_precision = resolve_bench_precision(value, device)
+            point_precision = resolve_precision_name(value, device)
         else:
             point_shape = replace(shape, **{field: value})
         if point_precision not in peaks:

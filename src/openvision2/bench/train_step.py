@@ -45,8 +45,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps-per-round", type=int, default=1, help="timed steps per method per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto (default): bf16 autocast on GPU "
-                                                              "and on CPUs with fast bf16 matmuls, else fp32")
+    parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto (default): what `ov2 train` picks, "
+                                                              "from hardware flags (bf16 on Ampere+ GPUs and on CPUs "
+                                                              "with AVX-512 BF16 or AMX, else fp32)")
     parser.add_argument("--logits-chunk", type=int, default=None,
                         help="tokens per chunk of the vocabulary head + cross-entropy (default 1024); "
                              "0 = full logits (as before the chunked loss)")
@@ -94,7 +95,9 @@ def resolve(args):
         raise UserError("--device cuda asked for, but no GPU is visible to torch")
     if args.threads:  # the matmul probe then runs on as many threads as each worker
         torch.set_num_threads(args.threads)
-    precision = resolve_bench_precision(args.precision, torch.device(device))
+    from ..precision import resolve_precision_name
+
+    precision = resolve_precision_name(args.precision, torch.device(device))
     methods = [check_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods is empty: name at least one of openvision2, openvision1, cappa, coca")
@@ -135,15 +138,6 @@ def resolve(args):
     if shape.logits_chunk < 0:
         raise UserError(f"--logits-chunk must be 0 (full logits) or positive, got {shape.logits_chunk}")
     return torch.device(device), precision, methods, shape
-
-
-def resolve_bench_precision(precision: str, device) -> str:
-    """"fp32" or "bf16": what `ov2 train` would run (precision.py decides "auto" from the hardware)."""
-    import torch
-
-    from ..precision import resolve_precision
-
-    return "bf16" if resolve_precision(precision, device) == torch.bfloat16 else "fp32"
 
 
 def measure_peak_tflops(device, precision: str, given: float | None = None) -> tuple[float, str]:
@@ -208,7 +202,7 @@ def run(args) -> int:
         return run_sweep(args, device, precision, methods, shape)
     base_spec = base_spec_of(args, device, precision, shape)
     out = {"device": device.type, "device_name": device_name(device), "precision": precision,
-           "shape": shape.to_dict(), "rounds": args.rounds, "steps_per_round": args.steps_per_round,
+           "precision_asked": args.precision, "shape": shape.to_dict(), "rounds": args.rounds, "steps_per_round": args.steps_per_round,
            "warmup": args.warmup, "activation_checkpointing": args.activation_checkpointing,
            "compile": args.compile}
     if args.rounds:
@@ -353,7 +347,8 @@ def print_table(out: dict) -> None:
         out = {**out, "methods": {}}
     print(f"{s['encoder']} @ {s['image_size']}px, decoder {s['decoder']}, text tower {s['text_encoder'] or s['decoder']}, "
           f"batch {s['batch_size']}, {s['text_len'] - 1} caption positions, vocab {s['vocab_size']}, "
-          f"keep {s['keep_ratio']:g}; {out['precision']} on {out['device_name']}")
+          f"keep {s['keep_ratio']:g}; {out['precision']} (asked {out.get('precision_asked', out['precision'])}) "
+          f"on {out['device_name']}")
     print(f"peak {out['peak_tflops']:.3g} TFLOP/s ({out['peak_source']}); median of {out['rounds']} interleaved "
           f"rounds x {out['steps_per_round']} step(s) after {out['warmup']} warm-up step(s); logits chunk "
           f"{s['logits_chunk'] or 'off'}, activation checkpointing {out['activation_checkpointing']}"
