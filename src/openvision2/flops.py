@@ -23,9 +23,10 @@ per image (the alt-text and the sub-caption). Counted twice, OV1 comes out at 28
 and 1624.1 (-0.9%, -0.8%). OpenVision 2 comes out at 206.8 and 1009.7 against 208.90 and 1017.74
 (-1.0%, -0.8%). `text_passes=2` gives the full training-step forward instead.
 
-Decoders assumed where none is named (SPEC §2, §5.4): the L decoder (768 wide, 12 deep) for L/14,
-the So400m-shaped decoder (1152 wide, 27 deep) for So400m/14, and otherwise the decoder of the
-encoder's own size class where one exists (Ti, S, M, B, H, G; the tiny mu and nano too), else L.
+Decoders assumed where none is named are the recipes' (models/registry.py paper_decoder; SPEC §2,
+§5.4): the L decoder (768 wide, 12 deep) for L/14, the So400m-shaped decoder (1152 wide, 27 deep)
+for So400m/14, H (1024 wide, 24 deep; unknown in the paper) for H/14 and g/14, and otherwise the
+decoder of the encoder's own size class where one exists (Ti, S, M, B, G; mu and nano too), else L.
 OpenVision 1's text encoder takes the decoder's size (SPEC §6 lists the same shapes for both).
 """
 
@@ -35,18 +36,15 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .models.masking import check_keep_ratio, num_kept
-from .models.registry import DECODER_SIZES, Size, decoder_size, parse_encoder_name
+from .models.registry import Size, decoder_size, paper_decoder, parse_encoder_name
 
 METHODS = ("openvision2", "openvision1", "cappa")
 PARTS = ("encoder", "text_encoder", "decoder", "vocab_head")
 
 
 def default_decoder(encoder: str) -> str:
-    """The decoder the paper's FLOPs imply for an encoder (see the module docstring)."""
-    size_name = encoder.partition("/")[0]
-    if size_name == "L":
-        return "L"
-    return size_name if size_name in DECODER_SIZES else "L"
+    """The decoder the recipes assume for an encoder (models/registry.py paper_decoder)."""
+    return paper_decoder(encoder)
 
 
 def layer_matmul_params(size: Size) -> int:

@@ -20,6 +20,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: unseeded)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's text_len - 2")
+    parser.add_argument("--eval-keep-ratio", type=float, default=None,
+                        help="share of visual tokens the decoder sees (default: the checkpoint's eval_keep_ratio)")
     parser.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slower)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: per image its caption and log-likelihood")
@@ -31,6 +33,7 @@ def run(args) -> int:
     import torch
 
     from ..checkpoint import load_checkpoint
+    from .eval import set_eval_keep_ratio
     from ..errors import UserError
     from ..generate import generate, greedy_caption
     from ..preprocess import load_image
@@ -38,6 +41,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
+    set_eval_keep_ratio(model, args.eval_keep_ratio)
     size = model.config.image_size
     images = [load_image(path, size) for path in args.images]  # fail on a bad file before any work
     parallel = hasattr(model, "predict_caption_ids")  # OpenVision 1 captions all positions at once

@@ -10,6 +10,8 @@ DECODING_HELP = "decoding: greedy (default), beam or sample"
 
 def _common(parser, checkpoint_required: bool = True) -> None:
     parser.add_argument("--checkpoint", required=checkpoint_required, help="checkpoint or run directory")
+    parser.add_argument("--eval-keep-ratio", type=float, default=None,
+                        help="share of visual tokens the decoder sees (default: the checkpoint's eval_keep_ratio)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
@@ -92,9 +94,19 @@ def _load(args):
     from ..generate import check_autoregressive
 
     model, tokenizer, meta = load_checkpoint(args.checkpoint, device=_device(args))
+    set_eval_keep_ratio(model, getattr(args, "eval_keep_ratio", None))
     if args.eval_target != "probe":  # probes need only the encoder (imported checkpoints have no decoder)
         check_autoregressive(model)
     return model, tokenizer, meta
+
+
+def set_eval_keep_ratio(model, ratio: float | None) -> None:
+    """--eval-keep-ratio: the share of visual tokens an OpenVision 2 / CapPa decoder sees here."""
+    if ratio is None or not hasattr(model.config, "eval_keep_ratio"):
+        return  # OpenVision 1's decoder always takes every patch token
+    from ..models.masking import check_keep_ratio
+
+    model.config.eval_keep_ratio = check_keep_ratio(ratio)
 
 
 def random_twin(model, seed: int = 0):
@@ -193,7 +205,8 @@ def run(args) -> int:
         lines = [f"held-out captions ({result['num_images']} images, {args.decoding}): "
                  f"perplexity {result['perplexity']:.3f}  CIDEr {result['cider']:.3f}  BLEU-4 {result['bleu4']:.3f}  "
                  f"BLEU-1 {result['bleu1']:.3f}  exact match {result['exact_match']:.3f}  "
-                 f"(tokenizer: {result['tokenizer']})"]
+                 f"repeated phrase {result['repeated_phrase_share']:.3f}  (tokenizer: {result['tokenizer']}; "
+                 f"decoder sees {result['eval_keep_ratio']:g} of the visual tokens)"]
         for i in range(min(args.show, len(predictions))):
             lines.append(f"[{i}] {predictions[i]}\n    (truth: {references[i]})")
         if args.show:

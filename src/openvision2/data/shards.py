@@ -305,12 +305,13 @@ class SlotStream:
                 if image_ext is None:
                     raise BadSample("missing_image", f"members: {', '.join(sorted(members)) or 'none'}")
                 caption = caption_of(members, self.dataset.caption_key, rng)
-                alt_text = caption
+                alt_text = caption  # unused by the methods that name no alt-text field
                 if self.dataset.alt_caption_key:
                     try:
                         alt_text = caption_of(members, self.dataset.alt_caption_key, rng)
-                    except BadSample:  # an optional field: fall back to the caption, keep the sample
-                        pass
+                    except BadSample as err:  # never fall back to the caption: it would leak the target
+                        reason = "bad_text" if err.reason == "bad_text" else "missing_alt_text"
+                        raise BadSample(reason, f"alt-text {self.dataset.alt_caption_key!r}: {err}") from None
                 image = self.dataset.transform(members[image_ext], rng)
             except BadSample as err:
                 self.bad.record(err.reason, shard, key, err.detail)

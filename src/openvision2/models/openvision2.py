@@ -10,11 +10,12 @@ from torch import nn
 
 from ..errors import UserError
 from .decoder import CaptionDecoder
-from .masking import check_keep_ratio, keep_random_tokens
+from .masking import check_keep_ratio, keep_eval_tokens, keep_random_tokens
 from .registry import decoder_size
 from .vit import create_encoder
 
 NO_DECODER = "none"  # ModelConfig.decoder for an encoder-only model
+EVAL_KEEP_DEFAULT = 0.0  # ModelConfig.eval_keep_ratio: 0 = the training keep_ratio (docs/BENCHMARKS.md)
 
 
 @dataclass
@@ -25,6 +26,9 @@ class ModelConfig:
     decoder: str = "L"
     image_size: int = 224
     keep_ratio: float = 0.35  # fraction of the encoder's output tokens the decoder sees in training
+    # ... and at evaluation (captions, zero-shot, held-out loss); 0 = keep_ratio, as the release does
+    # (it subsamples with train=False too). docs/BENCHMARKS.md measures 1.0 against keep_ratio.
+    eval_keep_ratio: float = EVAL_KEEP_DEFAULT
     decoder_mask: str = "causal"  # "causal" as released, or "prefix" (visual tokens bidirectional)
     text_pos: str = "none"  # "none" as released, or "learned" text positions
     vocab_size: int = 32000
@@ -37,6 +41,13 @@ class ModelConfig:
 
     def __post_init__(self):
         check_keep_ratio(self.keep_ratio)
+        if self.eval_keep_ratio:
+            check_keep_ratio(self.eval_keep_ratio)
+
+    @property
+    def decoding_keep_ratio(self) -> float:
+        """The share of visual tokens the decoder sees at evaluation."""
+        return self.eval_keep_ratio or self.keep_ratio
         if self.text_len < 3:
             raise UserError(f"text_len must be at least 3 ([bos], [eos], [CLS]), got {self.text_len}")
 
@@ -82,11 +93,12 @@ class OpenVision2(nn.Module):
         return self.encoder.forward_tokens(images)
 
     def visual_prefix(self, images: torch.Tensor, keep_ratio: float | None = None) -> torch.Tensor:
-        """The visual tokens the decoder sees: a random keep_ratio subset in training, all at inference."""
+        """The visual tokens the decoder sees: a random keep_ratio subset per example in training; in
+        eval mode the config's decoding_keep_ratio, as one seeded subset (models/masking.py)."""
         _, tokens = self.encode_image(images)
         if self.training:
-            tokens = keep_random_tokens(tokens, self.config.keep_ratio if keep_ratio is None else keep_ratio)
-        return tokens
+            return keep_random_tokens(tokens, self.config.keep_ratio if keep_ratio is None else keep_ratio)
+        return keep_eval_tokens(tokens, self.config.decoding_keep_ratio if keep_ratio is None else keep_ratio)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Caption loss. Returns the token-mean loss plus its parts (nll_sum, num_tokens), so callers

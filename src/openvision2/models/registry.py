@@ -53,6 +53,19 @@ DECODER_SIZES: dict[str, Size] = {
 }
 
 
+# The decoder assumed for each published encoder size, by the recipes and `ov2 flops` alike:
+# L -> L and So400m -> So400m-shaped are inferred from the published FLOPs (SPEC §2, §5.4); the
+# decoders of H/14 and g/14 are unknown (SPEC §12) and taken as H (1024 x 24).
+PAPER_DECODERS = {"L": "L", "So400m": "So400m", "H": "H", "g": "H"}
+
+
+def paper_decoder(encoder: str) -> str:
+    """The decoder for an encoder name: the paper's where PAPER_DECODERS has it, else the decoder of
+    the encoder's own size class where one exists (Ti, S, M, B, G, mu, nano), else L."""
+    size = encoder.partition("/")[0]
+    return PAPER_DECODERS.get(size) or (size if size in DECODER_SIZES else "L")
+
+
 def parse_encoder_name(name: str) -> tuple[Size, int]:
     """"L/14" -> (Size of L, 14). Raises UserError with the known names otherwise."""
     size, sep, patch = name.partition("/")

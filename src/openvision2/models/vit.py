@@ -26,10 +26,21 @@ from .registry import parse_encoder_name
 
 
 class BiasFreePatchEmbed(PatchEmbed):
-    """timm gives the patch conv a bias unless pre_norm is on; OpenVision's has none."""
+    """The released patch embedding: a bias-free convolution with VALID padding.
+
+    timm gives the patch conv a bias unless pre_norm is on; OpenVision's has none. timm also
+    refuses an image side that is not a multiple of the patch; the released Flax conv (VALID,
+    kernel = stride = patch) instead drops the remainder, e.g. 384 px in 14 px patches is a 27x27
+    grid (SPEC §1.2). Cropping the bottom/right remainder first is exactly that convolution.
+    """
 
     def __init__(self, *args, bias: bool = True, **kwargs):
         super().__init__(*args, bias=False, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        patch_h, patch_w = self.patch_size
+        return super().forward(x[..., : height - height % patch_h, : width - width % patch_w])
 
 
 def _mlp_with_exact_width(hidden: int):
@@ -65,7 +76,9 @@ class OpenVisionViT(VisionTransformer):
         """The JAX initialisation of SPEC §1.2 (timm's 'skip' mode leaves tensors uninitialised)."""
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=math.sqrt(5))
+        # Flax's kaiming_uniform (He-uniform): U(+-sqrt(6 / fan_in)), fan_in = 3 * patch * patch. Not
+        # PyTorch's Linear/Conv default kaiming_uniform_(a=sqrt(5)), whose bound is sqrt(1 / fan_in).
+        nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=0.0, mode="fan_in", nonlinearity="relu")
         for block in self.blocks:
             nn.init.normal_(block.attn.qkv.weight, std=0.02)
             nn.init.normal_(block.attn.proj.weight, std=0.02)

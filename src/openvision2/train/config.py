@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 
 from ..errors import UserError
 from ..models import ModelConfig
+from ..models.openvision2 import EVAL_KEEP_DEFAULT
 
 
 @dataclass
@@ -17,6 +18,7 @@ class TrainConfig:
     decoder: str = "L"
     image_size: int = 224
     keep_ratio: float = 0.35
+    eval_keep_ratio: float = EVAL_KEEP_DEFAULT  # visual tokens at evaluation; 0 = keep_ratio (ModelConfig)
     decoder_mask: str = "causal"
     text_pos: str = "none"
     text_len: int = 128
@@ -41,8 +43,11 @@ class TrainConfig:
     train_shards: str = ""  # "data/train-{000000..000099}.tar", a directory, or weighted "a-{0..9}.tar@0.7;b.tar@0.3"
     val_shards: str = ""  # held-out shards: the first val_samples of them, in order, resized
     caption_key: str = "txt"  # a member (txt) or a json key (re_caption); a list field gives one caption per visit
-    alt_caption_key: str = ""  # the alt-text for methods that use one (e.g. org_caption); empty = the caption
+    # the alt-text for methods that use one (e.g. org_caption); method=openvision1 on shards needs it,
+    # distinct from caption_key, and skips samples without it (bad-sample reason missing_alt_text)
+    alt_caption_key: str = ""
     shuffle_buffer: int = 10_000  # samples shuffled together (SPEC §4.1 uses 250 000)
+    allow_embedded: bool = True  # the paper recipes set false: they refuse the embedded dataset unless asked
     sample_with_replacement: bool = False  # draw shards at random instead of epoch permutations
     max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (PIL's limit)
     # --- optimisation (SPEC §4.4, §4.5) ---
@@ -85,7 +90,8 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int, pad_id: int) -> ModelConfig:
         return ModelConfig(encoder=self.encoder, decoder=self.decoder, image_size=self.image_size,
-                           keep_ratio=self.keep_ratio, decoder_mask=self.decoder_mask, text_pos=self.text_pos,
+                           keep_ratio=self.keep_ratio, eval_keep_ratio=self.eval_keep_ratio,
+                           decoder_mask=self.decoder_mask, text_pos=self.text_pos,
                            vocab_size=vocab_size, text_len=self.text_len, pad_id=pad_id,
                            pre_norm=self.pre_norm, class_token=self.class_token)
 

@@ -57,7 +57,8 @@ def model_inputs(batch: dict, device, rows: slice = slice(None)) -> dict[str, to
 
 @torch.no_grad()
 def evaluate_loss(model, batch: dict, device, dtype, chunk: int = 64) -> float:
-    """Held-out caption loss (token mean), in eval mode: the decoder sees every visual token."""
+    """Held-out caption loss (token mean), in eval mode: the decoder sees the model's eval keep ratio
+    of the visual tokens (models/masking.py keep_eval_tokens)."""
     was_training = model.training
     model.eval()
     nll, count = 0.0, 0
@@ -84,10 +85,27 @@ def check_config(config: TrainConfig, world: World) -> None:
     parse_encoder_name(config.encoder)
     decoder_size(config.decoder)
     check_keep_ratio(config.keep_ratio)
+    if config.eval_keep_ratio:
+        check_keep_ratio(config.eval_keep_ratio)
     resolve_parallel(config.parallel, world.world_size)
+    check_data(config)
     if config.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
         raise UserError(f"unknown activation_checkpointing {config.activation_checkpointing!r}: "
                         f"use one of {', '.join(ACTIVATION_CHECKPOINTING)}")
+
+
+def check_data(config: TrainConfig) -> None:
+    """Data setups that would run but measure nothing meaningful are refused up front."""
+    if config.method == "openvision1" and config.dataset == "shards" and (
+            not config.alt_caption_key or config.alt_caption_key == config.caption_key):
+        # Without a distinct alt-text the decoder's prefix (the alt-text through the text encoder) is
+        # the very caption it must write, and the caption loss collapses (SPEC §6).
+        raise UserError(f"method=openvision1 on shards needs the alt-text in a field other than the caption "
+                        f"({config.caption_key!r}): set alt_caption_key=KEY (e.g. txt or org_caption)")
+    if config.dataset == "synthetic" and not config.allow_embedded:
+        raise UserError("this configuration is the paper's setup and expects a recaptioned corpus: set "
+                        "train_shards=... (dataset=shards), or add allow_embedded=true to run it on the "
+                        "embedded dataset anyway")
 
 
 # A model returning only these is trained on the caption token mean alone (OpenVision 2, CapPa).
@@ -298,7 +316,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     if world.is_main:
         shown = min(config.show_captions, len(val_set))
         caption_model = unwrap(wrapped) if parallel != "fsdp" else export_model(config, tokenizer, last_saved, device)
-        captions = greedy_caption(caption_model, tokenizer, val_batch["images"][:shown])
+        captions = greedy_caption(caption_model, tokenizer, val_batch["images"][:shown]) if shown else []
         print(f"\nheld-out caption loss: {first_val:.3f} at start -> {val_loss:.3f} after {config.steps} steps")
         print(f"checkpoint: {last_saved}\n")
         for i, (predicted, truth) in enumerate(zip(captions, val_batch["texts"])):

@@ -10,6 +10,11 @@ from .config import TrainConfig
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {}
 
+# The paper's data (SPEC §3.2, §4.1): shards of the recaptioned DataComp-1B, the ReCap-DataComp-1B v2
+# caption key (v1 has re_caption instead), a 250,000-sample shuffle buffer; no embedded dataset.
+PAPER_DATA = dict(dataset="shards", caption_key="llava_llama3_condition_True_dense_weighted_topk",
+                  shuffle_buffer=250_000, allow_embedded=False)
+
 
 def preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
     PRESETS[fn.__name__.replace("_", "-")] = fn
@@ -64,12 +69,14 @@ def fashion_mnist_cpu() -> TrainConfig:
 @preset
 def l14_stage1() -> TrainConfig:
     """The paper's ViT-L/14 stage 1 (SPEC §4.3): 84 px, batch 32768, 12.8B samples (390,981 steps),
-    warmup 1,563 steps, peak LR 8e-6 x 32768/256 = 1.024e-3, keep 0.35, L decoder, WordPiece.
-    Needs a GPU cluster and a real corpus; on the embedded dataset it only shows the shapes run."""
+    warmup 1,563 steps, peak LR 8e-6 x 32768/256 = 1.024e-3, keep 0.35, L decoder, WordPiece, the
+    paper's data (train_shards=... of the recaptioned corpus; allow_embedded=true dataset=synthetic
+    only shows the shapes run). Needs a GPU cluster. precision=fp32 is the faithful setting (the
+    release trains in float32); the default auto picks bf16 autocast on GPUs, a deviation."""
     return TrainConfig(
         encoder="L/14", decoder="L", image_size=84, text_len=128, tokenizer="wordpiece",
         batch_size=32768, steps=390_981, warmup_steps=1_563, base_lr=8e-6,
-        weight_decay=0.2, log_every=50, eval_every=5000, ckpt_every=5000,
+        weight_decay=0.2, log_every=50, eval_every=5000, ckpt_every=5000, **PAPER_DATA,
     )
 
 

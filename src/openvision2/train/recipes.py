@@ -10,8 +10,15 @@ Paper stages (SPEC §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167
     pretrain  84 px, batch 32768, 10000 ep = 390,981 steps, warmup 1,563, base_lr 8e-6 (peak 1.024e-3)
     finetune 224 px, batch 16384,   800 ep =  62,556 steps, warmup 1,563, base_lr 4e-7 (peak 2.56e-5)
     high-res 336/384/448 px, batch 8192, 200 ep = 31,278 steps, no warmup, base_lr 1e-7 (inferred, OV1's script)
-Decoders: L for L/14 and So400m-shaped for So400m/14 (inferred from FLOPs, SPEC §2); H/14 and g/14
-are unknown, and take the H decoder (1024 x 24, the size OpenVision 1 calls `g`).
+Decoders (models/registry.py PAPER_DECODERS, shared with `ov2 flops`): L for L/14 and So400m-shaped
+for So400m/14 (inferred from FLOPs, SPEC §2); H/14 and g/14 are unknown, and take the H decoder
+(1024 x 24, the size OpenVision 1 calls `g`).
+Data (SPEC §3.2, §4.1): WebDataset shards of the recaptioned corpus, caption key
+llava_llama3_condition_True_dense_weighted_topk (ReCap-DataComp-1B v2; with v1 use
+caption_key=re_caption), shuffle buffer 250,000. They refuse the embedded dataset unless
+allow_embedded=true is given (dataset=synthetic), since on it they only show that the shapes run.
+Precision: bf16 autocast (fast on GPUs); the released OpenVision 2 trains in float32, so
+precision=fp32 is the faithful setting (SPEC §1.2).
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from pathlib import Path
 
 from ..checkpoint import LATEST
 from ..errors import UserError
+from ..models.registry import paper_decoder
 from .config import TrainConfig, apply_overrides
-from .presets import tiny_cpu
+from .presets import PAPER_DATA, tiny_cpu
 
 EPOCH = 1_281_167  # one virtual ImageNet epoch, in samples
 DONE = "stage-done.json"
@@ -49,11 +57,13 @@ def paper_stage(kind: str, encoder: str, decoder: str, image_size: int) -> Stage
         batch_size=batch, steps=_epochs_to_steps(epochs, batch), warmup_steps=_epochs_to_steps(warmup_epochs, batch),
         base_lr=base_lr, weight_decay=0.2, log_every=50, eval_every=5000, ckpt_every=2000, keep_checkpoints=3,
         parallel="fsdp", activation_checkpointing="selective", meta_init=True, precision="bf16", num_workers=8,
+        **PAPER_DATA,
     )
     return Stage(f"{image_size}", config)
 
 
-def paper_recipe(encoder: str, decoder: str, high_res: int | None = None) -> list[Stage]:
+def paper_recipe(encoder: str, high_res: int | None = None) -> list[Stage]:
+    decoder = paper_decoder(encoder)
     stages = [paper_stage("pretrain", encoder, decoder, 84), paper_stage("finetune", encoder, decoder, 224)]
     if high_res:
         stages.append(paper_stage("highres", encoder, decoder, high_res))
@@ -73,13 +83,13 @@ def tiny_cpu_recipe() -> list[Stage]:
 
 RECIPES: dict[str, Callable[[], list[Stage]]] = {
     "tiny-cpu": tiny_cpu_recipe,
-    "l14": lambda: paper_recipe("L/14", "L"),
-    "l14-336": lambda: paper_recipe("L/14", "L", 336),
-    "so400m14-384": lambda: paper_recipe("So400m/14", "So400m", 384),
-    "h14": lambda: paper_recipe("H/14", "H"),
-    "h14-336": lambda: paper_recipe("H/14", "H", 336),
-    "h14-448": lambda: paper_recipe("H/14", "H", 448),
-    "g14": lambda: paper_recipe("g/14", "H"),
+    "l14": lambda: paper_recipe("L/14"),
+    "l14-336": lambda: paper_recipe("L/14", 336),
+    "so400m14-384": lambda: paper_recipe("So400m/14", 384),
+    "h14": lambda: paper_recipe("H/14"),
+    "h14-336": lambda: paper_recipe("H/14", 336),
+    "h14-448": lambda: paper_recipe("H/14", 448),
+    "g14": lambda: paper_recipe("g/14"),
 }
 RECIPE_HELP = {
     "tiny-cpu": "tiny-cpu's model at 32 px then 64 px on the embedded dataset: the curriculum on 2 CPU cores",
