@@ -4,7 +4,7 @@ contrastive losses and a caption decoder that predicts the whole caption in para
 - Image embedding: the ViT's pooled vector (GAP -> LN) -> bias-free Dense to embed_dim.
 - Texts: the alt-text and one sentence of the long caption, each 80 tokens, through one text
   encoder as a single 2B batch; CLIP loss of the images against each, averaged, with a learned
-  temperature (init log(1/0.07)).
+  temperature (init log(1/0.07)), not clamped (as released; max_logit_scale=100 gives CLIP's clamp).
 - Caption decoder: prefix = [all patch tokens; the alt-text's encoder tokens], both projected to the
   decoder width, then 128 learned queries; prefix-LM mask (prefix bidirectional, queries causal);
   the query outputs predict the long caption shifted left by one. The caption's own tokens are
@@ -48,6 +48,9 @@ class OpenVision1Config:
     text_len: int = 128  # long caption, as for OpenVision 2; also the number of decoder queries
     alt_text_len: int = 80  # alt-text and sub-caption length including the trailing [CLS]
     clip_loss_weight: float = 1.0
+    # The release lets the learned temperature grow freely; CLIP clamps the logit scale at 100.
+    # 0 = no clamp, as released; e.g. 100 for CLIP's.
+    max_logit_scale: float = 0.0
     caption_loss_weight: float = 2.0
     pad_id: int = 0
     method: str = "openvision1"  # lets a checkpoint reader tell the model families apart
@@ -57,6 +60,8 @@ class OpenVision1Config:
             raise UserError("text_len and alt_text_len must be at least 3 ([bos], [eos], [CLS])")
         if self.caption_loss_weight <= 0:
             raise UserError(f"caption_loss_weight must be positive, got {self.caption_loss_weight}")
+        if self.max_logit_scale < 0:
+            raise UserError(f"max_logit_scale must be 0 (no clamp) or positive, got {self.max_logit_scale}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "OpenVision1Config":
@@ -153,8 +158,10 @@ class OpenVision1(nn.Module):
         image_emb = F.normalize(self.image_head(pooled), dim=-1)
         text_pooled, text_tokens = self.text_encoder(torch.cat([alt_captions, sub_captions]))
         alt_emb, sub_emb = F.normalize(text_pooled, dim=-1).chunk(2)
-        # CLIP's clamp at 100 keeps the learned temperature from running away early in training.
-        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        log_scale = self.logit_scale
+        if cfg.max_logit_scale:
+            log_scale = log_scale.clamp(max=math.log(cfg.max_logit_scale))
+        scale = log_scale.exp()
         contrastive = (contrastive_loss(image_emb, alt_emb, scale) + contrastive_loss(image_emb, sub_emb, scale)) / 2
 
         logits = self.decoder(patches, text_tokens[: len(images)])

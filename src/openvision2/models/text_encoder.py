@@ -32,13 +32,8 @@ class TextEncoder(nn.Module):
         width = self.width
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.01)  # SPEC §6
-        for block in self.blocks:
-            for linear in (block.qkv, block.proj, block.fc1, block.fc2):
-                nn.init.normal_(linear.weight, std=linear.in_features ** -0.5)
-                nn.init.zeros_(linear.bias)
-            for norm in (block.norm1, block.norm2):
-                nn.init.ones_(norm.weight)
-                nn.init.zeros_(norm.bias)
+        for block in self.blocks:  # the same text_transformer block (and init) as the decoder's, SPEC §6
+            block.reset_parameters()
         nn.init.ones_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(self.proj.weight, std=width ** -0.5)

@@ -29,6 +29,7 @@ class TrainConfig:
     # --- baselines: method=openvision1 (SPEC §6) and method=cappa (SPEC §5.3, §10.1) ---
     text_encoder: str = ""  # OpenVision 1's text encoder size; empty = the decoder's size
     alt_text_len: int = 80  # OpenVision 1's alt-text / sub-caption length, [CLS] included
+    max_logit_scale: float = 0.0  # OpenVision 1's temperature: 0 = unclamped as released; 100 = CLIP's clamp
     parallel_prob: float = 0.0  # CapPa: share of examples predicted in parallel from [MASK] inputs
     # --- tokenizer: "wordpiece" (OpenVision's BERT ids, 32k head) or "bpe" (trained on the captions) ---
     tokenizer: str = "wordpiece"

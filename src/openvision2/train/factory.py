@@ -37,7 +37,8 @@ def openvision1_config(config: TrainConfig, tokenizer: CaptionTokenizer):
     return OpenVision1Config(encoder=config.encoder, text_encoder=config.text_encoder or config.decoder,
                              decoder=config.decoder, image_size=config.image_size, vocab_size=tokenizer.vocab_size,
                              text_len=config.text_len, alt_text_len=config.alt_text_len,
-                             caption_loss_weight=config.caption_loss_weight, pad_id=tokenizer.pad_id)
+                             caption_loss_weight=config.caption_loss_weight, pad_id=tokenizer.pad_id,
+                             max_logit_scale=config.max_logit_scale)
 
 
 def cappa_config(config: TrainConfig, tokenizer: CaptionTokenizer):
@@ -48,4 +49,4 @@ def cappa_config(config: TrainConfig, tokenizer: CaptionTokenizer):
     mask_id = tokenizer.tokenizer.token_to_id("[MASK]")
     if mask_id is None:  # the small BPE has no [MASK]; [UNK] never occurs in its own training captions
         mask_id = tokenizer.tokenizer.token_to_id("[UNK]")
-    return CapPaConfig(**{**base, "keep_ratio": 1.0}, parallel_prob=config.parallel_prob, mask_id=mask_id)
+    return CapPaConfig(**{**base, "keep_ratio": 1.0, "eval_keep_ratio": 1.0}, parallel_prob=config.parallel_prob, mask_id=mask_id)
