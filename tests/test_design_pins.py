@@ -40,14 +40,14 @@ def test_vit_initialisation(vit):
     patch = vit.patch_embed.proj.weight
     assert patch.shape == (384, 3, 16, 16) and vit.patch_embed.proj.bias is None
     assert patch.abs().max().item() <= 0.08839 and patch.abs().max().item() > 0.0880
-    assert close(patch.std().item(), 0.08839 / math.sqrt(3))
+    assert close(patch.std().item(), 0.08839 / math.sqrt(3), rel=0.005)
     block = vit.blocks[0]
     for linear in (block.attn.qkv, block.attn.proj, block.mlp.fc1):
         assert close(linear.weight.std().item(), 0.02)
         assert linear.bias.abs().max().item() == 0.0
     # fc2: variance_scaling(0.3072, fan_out, truncated normal): std sqrt(0.3072 / 384) = 0.028284, cut at 2 std
     fc2 = block.mlp.fc2.weight
-    assert close(fc2.std().item(), 0.028284)
+    assert close(fc2.std().item(), 0.028284, rel=0.005)  # 590k values: the estimate is good to 0.1%
     assert fc2.abs().max().item() <= 2 * 0.028284 / 0.8796 + 1e-6
 
 

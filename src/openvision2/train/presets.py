@@ -25,7 +25,8 @@ def preset(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
 def tiny_cpu() -> TrainConfig:
     """The default: a 1.3M-parameter model on the embedded dataset, a few minutes on 2 CPU cores.
     Same method as the paper (keep 35% of visual tokens, causal decoder, token-mean loss), shrunk:
-    64 px images in 16 px patches (16 tokens, 5 kept), a BPE fitted to the captions."""
+    64 px images in 16 px patches (16 tokens, 5 kept), a BPE fitted to the captions. precision=auto
+    uses bf16 autocast where it is fast (a deviation for speed); precision=fp32 is the release's."""
     return TrainConfig(
         encoder="nano/16", decoder="nano", image_size=64, text_len=32,
         tokenizer="bpe", bpe_vocab_size=256, train_samples=100_000,
