@@ -1,5 +1,5 @@
-"""Data setups that would run but measure nothing: OpenVision 1 without a distinct alt-text (SPEC §6),
-and the paper recipes on the embedded dataset (SPEC §4.1)."""
+"""Data setups that would run but measure nothing: OpenVision 1 without a distinct alt-text (DESIGN.md §6),
+and the paper recipes on the embedded dataset (DESIGN.md §4.1)."""
 
 from __future__ import annotations
 

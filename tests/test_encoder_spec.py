@@ -1,4 +1,4 @@
-"""The encoder exactly as SPEC §1.2: sin-cos values and ordering, CLS handling, norms, GELU, bias."""
+"""The encoder exactly as DESIGN.md §1.2: sin-cos values and ordering, CLS handling, norms, GELU, bias."""
 
 import math
 
@@ -82,7 +82,7 @@ def test_family_shapes(name, width, depth, heads, mlp, patch):
 
 @pytest.mark.parametrize("name, published", [
     ("L/14", 304e6), ("H/14", 632e6), ("g/14", 1.01e9),
-    # SPEC §1.1: 400M is the nominal name; the architecture (1152/27/4304) has 412M, which the
+    # DESIGN.md §1.1: 400M is the nominal name; the architecture (1152/27/4304) has 412M, which the
     # OV1 README reports. It is 3.0% above 400M, so it is pinned to 412M.
     ("So400m/14", 412e6),
 ])

@@ -1,4 +1,4 @@
-"""Masking, decoder masks, caption layout and loss, weight decay: SPEC §1.3, §2, §3, §4.4."""
+"""Masking, decoder masks, caption layout and loss, weight decay: DESIGN.md §1.3, §2, §3, §4.4."""
 
 import pytest
 import torch

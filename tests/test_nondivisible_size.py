@@ -1,4 +1,4 @@
-"""Image sides that are not a multiple of the patch (SPEC §1.2): the released ViT's VALID convolution
+"""Image sides that are not a multiple of the patch (DESIGN.md §1.2): the released ViT's VALID convolution
 drops the remainder, so 384 px in 14 px patches is a 27x27 grid of 729 tokens, 255 of them kept.
 Checked on our encoder, and against open_clip's, timm's and transformers' own forward passes."""
 
@@ -58,7 +58,7 @@ def test_model_trains_and_captions_at_384_over_14():
 
 def so400m_release_tower(depth: int) -> VisionTransformer:
     """open_clip's own VisionTransformer configured as the released So400m/14@384 vision tower
-    (SPEC §9.3: head_width 72, mlp_ratio 3.7362, no ln_pre, avg pool, ln_post after the pool)."""
+    (DESIGN.md §9.3: head_width 72, mlp_ratio 3.7362, no ln_pre, avg pool, ln_post after the pool)."""
     tower = VisionTransformer(image_size=SIZE, patch_size=PATCH, width=1152, layers=depth, heads=16,
                               mlp_ratio=3.7362, no_ln_pre=True, pool_type="avg", final_ln_after_pool=True,
                               output_tokens=True, output_dim=1152, act_layer=nn.GELU,

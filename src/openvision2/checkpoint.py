@@ -71,7 +71,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         state = load_file(directory / WEIGHTS, device=str(device))
     except Exception as err:  # OSError, JSONDecodeError, SafetensorError: all mean an unreadable checkpoint
         raise UserError(f"cannot read checkpoint {directory}: {err}") from None
-    if meta["model"].get("method") == "openvision1":  # the SPEC §6 baseline (models/openvision1.py)
+    if meta["model"].get("method") == "openvision1":  # the DESIGN.md §6 baseline (models/openvision1.py)
         from .models.openvision1 import OpenVision1, OpenVision1Config
 
         model = OpenVision1(OpenVision1Config.from_dict(meta["model"]), device="meta")

@@ -43,7 +43,7 @@ def greedy_caption(model: OpenVision2, tokenizer: CaptionTokenizer, images: torc
 def parallel_caption(model, tokenizer: CaptionTokenizer, images: torch.Tensor,
                      alt_texts: list[str] | None = None) -> list[str]:
     """OpenVision 1's captioner: the argmax at each of its learned queries, from the image and an
-    alt-text (SPEC §6). Without alt-texts it is given empty ones, i.e. conditioned on the image only,
+    alt-text (DESIGN.md §6). Without alt-texts it is given empty ones, i.e. conditioned on the image only,
     which is outside what it was trained on; pass the images' alt-texts where they exist."""
     was_training = model.training
     model.eval()

@@ -1,4 +1,4 @@
-"""Images travel as uint8 and are normalised on the device with ImageNet statistics (SPEC §1.2)."""
+"""Images travel as uint8 and are normalised on the device with ImageNet statistics (DESIGN.md §1.2)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def repeated_phrase_share(texts: list[str], min_words: int = 2) -> float:
 @torch.no_grad()
 def perplexity(model, tokenizer: CaptionTokenizer, images: torch.Tensor, captions: list[str],
                batch_size: int = 64) -> dict:
-    """exp(token-mean NLL) of the captions (SPEC §3.3 targets: pieces and [eos]); the decoder sees the
+    """exp(token-mean NLL) of the captions (DESIGN.md §3.3 targets: pieces and [eos]); the decoder sees the
     visual tokens it sees when captioning (the model's eval keep ratio)."""
     check_autoregressive(model)
     was_training = model.training

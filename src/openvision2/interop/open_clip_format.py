@@ -1,4 +1,4 @@
-"""open_clip's VisionTransformer layout (SPEC §9.3), both ways, and its hf-hub directory.
+"""open_clip's VisionTransformer layout (DESIGN.md §9.3), both ways, and its hf-hub directory.
 
 Upstream open_clip expresses the OpenVision ViT exactly through its vision_cfg (no_ln_pre,
 pool_type='avg', final_ln_after_pool, norm eps 1e-6, exact GELU, output_tokens). What it cannot do
@@ -72,7 +72,7 @@ def from_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[st
     gap = (table - expected).abs().max().item()
     if gap > 1e-4:
         raise UserError(f"positional_embedding differs from OpenVision's fixed 2-D sin-cos table (max diff "
-                        f"{gap:.3g}): only encoders with that table (SPEC §1.2) can be imported exactly")
+                        f"{gap:.3g}): only encoders with that table (DESIGN.md §1.2) can be imported exactly")
     out = {"cls_token": state["class_embedding"].reshape(1, 1, spec.width),
            "patch_embed.proj.weight": state["conv1.weight"]}
     if spec.pre_norm:
@@ -93,7 +93,7 @@ def from_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[st
 
 def _refuse_unless(condition: bool, what: str) -> None:
     if not condition:
-        raise UserError(f"open_clip vision_cfg has {what}: not the OpenVision ViT (SPEC §9.3), so it cannot be "
+        raise UserError(f"open_clip vision_cfg has {what}: not the OpenVision ViT (DESIGN.md §9.3), so it cannot be "
                         "imported exactly")
 
 
@@ -164,7 +164,7 @@ def read_open_clip_dir(directory: str | Path) -> tuple[EncoderSpec, dict[str, to
     notes = {}
     proj = state.get("proj")
     if proj is not None and not (proj.shape[0] == proj.shape[1] and torch.equal(proj, torch.eye(proj.shape[0]))):
-        # OV2 has no head (SPEC §9.3): a projection only maps the pooled vector, never the tokens.
+        # OV2 has no head (DESIGN.md §9.3): a projection only maps the pooled vector, never the tokens.
         notes["dropped_proj"] = list(proj.shape)
     try:
         ours = from_open_clip(state, spec)

@@ -1,4 +1,4 @@
-"""Preprocessing settings that travel with every export (SPEC §9.5), in each library's words.
+"""Preprocessing settings that travel with every export (DESIGN.md §9.5), in each library's words.
 
 This project resizes the whole image to size x size, bilinear with antialiasing ("squash", as the
 released open_clip configs), and normalises with ImageNet mean/std (preprocess.py).

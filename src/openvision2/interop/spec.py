@@ -17,7 +17,7 @@ from ..models.openvision2 import NO_DECODER, ModelConfig
 from ..models.posemb import sincos_2d, sincos_2d_with_cls
 from ..models.registry import ENCODER_SIZES, Size
 
-LAYER_NORM_EPS = 1e-6  # SPEC §1.2: every LayerNorm of the encoder
+LAYER_NORM_EPS = 1e-6  # DESIGN.md §1.2: every LayerNorm of the encoder
 
 
 @dataclass(frozen=True)

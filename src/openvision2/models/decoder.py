@@ -1,4 +1,4 @@
-"""The OpenVision 2 caption decoder (SPEC §2): one pre-LN transformer over [visual; text].
+"""The OpenVision 2 caption decoder (DESIGN.md §2): one pre-LN transformer over [visual; text].
 
 Kept visual tokens are projected (no bias) to the decoder width and concatenated in front of
 the text embeddings; a single stack of blocks runs over the whole sequence; only the text
@@ -18,7 +18,7 @@ from .registry import Size
 
 DECODER_MASKS = ("causal", "prefix")
 TEXT_POSITIONS = ("none", "learned")
-_INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (SPEC §2)
+_INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (DESIGN.md §2)
 
 
 class DecoderBlock(nn.Module):
@@ -36,7 +36,7 @@ class DecoderBlock(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The released text-decoder block initialisation (SPEC §2)."""
+        """The released text-decoder block initialisation (DESIGN.md §2)."""
         width = self.qkv.in_features
         out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
         nn.init.normal_(self.qkv.weight, std=width ** -0.5)
@@ -111,7 +111,7 @@ class CaptionDecoder(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The released initialisation (SPEC §2)."""
+        """The released initialisation (DESIGN.md §2)."""
         width = self.width
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.visual_proj.weight, std=self.visual_proj.in_features ** -0.5)

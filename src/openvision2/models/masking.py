@@ -1,4 +1,4 @@
-"""Visual-token masking between encoder and decoder (SPEC §1.3).
+"""Visual-token masking between encoder and decoder (DESIGN.md §1.3).
 
 The encoder always sees every patch; only its output tokens are subsampled before the decoder.
 In training each example gets its own random subset. At evaluation (caption, zero-shot, held-out

@@ -1,4 +1,4 @@
-"""OpenVision 1, the side-by-side baseline (SPEC §6): the same ViT, plus a text encoder, two
+"""OpenVision 1, the side-by-side baseline (DESIGN.md §6): the same ViT, plus a text encoder, two
 contrastive losses and a caption decoder that predicts the whole caption in parallel.
 
 - Image embedding: the ViT's pooled vector (GAP -> LN) -> bias-free Dense to embed_dim.
@@ -40,10 +40,10 @@ from .vit import create_encoder
 @dataclass
 class OpenVision1Config:
     encoder: str = "L/14"
-    text_encoder: str = "L"  # SPEC §6: Ti/S/B/L/So400m/H text sizes are the decoder table's
+    text_encoder: str = "L"  # DESIGN.md §6: Ti/S/B/L/So400m/H text sizes are the decoder table's
     decoder: str = "L"
     image_size: int = 224
-    embed_dim: int = 0  # contrastive embedding width; 0 = the text encoder's width (SPEC §6 out_dim)
+    embed_dim: int = 0  # contrastive embedding width; 0 = the text encoder's width (DESIGN.md §6 out_dim)
     vocab_size: int = 32000
     text_len: int = 128  # long caption, as for OpenVision 2; also the number of decoder queries
     alt_text_len: int = 80  # alt-text and sub-caption length including the trailing [CLS]
@@ -92,7 +92,7 @@ class QueryCaptionDecoder(nn.Module):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         width = self.width
-        nn.init.normal_(self.queries, std=1.0)  # learnable_tokens, SPEC §6
+        nn.init.normal_(self.queries, std=1.0)  # learnable_tokens, DESIGN.md §6
         for proj in (self.visual_proj, self.text_proj):
             nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
         for block in self.blocks:
@@ -133,7 +133,7 @@ class OpenVision1(nn.Module):
     @torch.no_grad()
     def _init_own_parameters(self) -> None:
         nn.init.normal_(self.image_head.weight, std=self.encoder.embed_dim ** -0.5)
-        self.logit_scale.fill_(math.log(1 / 0.07))  # learned temperature, init 1/0.07 (SPEC §6)
+        self.logit_scale.fill_(math.log(1 / 0.07))  # learned temperature, init 1/0.07 (DESIGN.md §6)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

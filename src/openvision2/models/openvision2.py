@@ -1,4 +1,4 @@
-"""OpenVision 2: ViT encoder -> random subset of its output tokens -> caption decoder (SPEC §0-3)."""
+"""OpenVision 2: ViT encoder -> random subset of its output tokens -> caption decoder (DESIGN.md §0-3)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class ModelConfig:
     decoder_mask: str = "causal"  # "causal" as released, or "prefix" (visual tokens bidirectional)
     text_pos: str = "none"  # "none" as released, or "learned" text positions
     vocab_size: int = 32000
-    text_len: int = 128  # caption sequence length including the trailing [CLS] (SPEC §3.2)
+    text_len: int = 128  # caption sequence length including the trailing [CLS] (DESIGN.md §3.2)
     pad_id: int = 0
     # Encoder options beyond the paper (default = the paper's ViT): a LayerNorm before the blocks
     # (what HF CLIPVisionModel / LLaVA-1.5 need) and no CLS token (what SiglipVisionModel needs).
@@ -61,7 +61,7 @@ class ModelConfig:
 
 
 def caption_targets(captions: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decoder inputs, targets and loss mask from [B, L] caption sequences (SPEC §3.3).
+    """Decoder inputs, targets and loss mask from [B, L] caption sequences (DESIGN.md §3.3).
 
     inputs = positions 0..L-2, target[i] = token[i+1]; the mask is the non-pad mask of the inputs
     shifted left by one with a 0 appended: 1 where the target is a real piece or [eos], 0 for

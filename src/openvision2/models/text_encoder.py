@@ -1,4 +1,4 @@
-"""OpenVision 1's text encoder (SPEC §6): a non-causal pre-LN transformer over alt-text-sized
+"""OpenVision 1's text encoder (DESIGN.md §6): a non-causal pre-LN transformer over alt-text-sized
 sequences, pooled at the trailing [CLS] position.
 
 The blocks are the caption decoder's (LN -> MHSA with bias -> LN -> tanh-GELU MLP), run without a
@@ -31,8 +31,8 @@ class TextEncoder(nn.Module):
     def reset_parameters(self) -> None:
         width = self.width
         nn.init.normal_(self.token_embed.weight, std=0.02)
-        nn.init.normal_(self.pos_embed, std=0.01)  # SPEC §6
-        for block in self.blocks:  # the same text_transformer block (and init) as the decoder's, SPEC §6
+        nn.init.normal_(self.pos_embed, std=0.01)  # DESIGN.md §6
+        for block in self.blocks:  # the same text_transformer block (and init) as the decoder's, DESIGN.md §6
             block.reset_parameters()
         nn.init.ones_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
@@ -42,7 +42,7 @@ class TextEncoder(nn.Module):
         """ids [B, L] ([bos] ... [eos] pads [CLS]) -> (pooled [B, out_dim], tokens [B, L-1, width]).
 
         pooled = proj(LN(output at the last, [CLS], position)); tokens are the other positions'
-        outputs before the final LayerNorm, which OpenVision 1's caption decoder reads (SPEC §6)."""
+        outputs before the final LayerNorm, which OpenVision 1's caption decoder reads (DESIGN.md §6)."""
         x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
         for block in self.blocks:
             x = block(x, None)

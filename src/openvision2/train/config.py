@@ -12,7 +12,7 @@ from ..models.openvision2 import EVAL_KEEP_DEFAULT
 
 @dataclass
 class TrainConfig:
-    # --- model (SPEC §1-3) ---
+    # --- model (DESIGN.md §1-3) ---
     method: str = "openvision2"
     encoder: str = "L/14"
     decoder: str = "L"
@@ -26,7 +26,7 @@ class TrainConfig:
     # class_token=false for a SiglipVisionModel export (`ov2 export --format hf-clip|hf-siglip`)
     pre_norm: bool = False
     class_token: bool = True
-    # --- baselines: method=openvision1 (SPEC §6) and method=cappa (SPEC §5.3, §10.1) ---
+    # --- baselines: method=openvision1 (DESIGN.md §6) and method=cappa (DESIGN.md §5.3, §10.1) ---
     text_encoder: str = ""  # OpenVision 1's text encoder size; empty = the decoder's size
     alt_text_len: int = 80  # OpenVision 1's alt-text / sub-caption length, [CLS] included
     max_logit_scale: float = 0.0  # OpenVision 1's temperature: 0 = unclamped as released; 100 = CLIP's clamp
@@ -47,11 +47,11 @@ class TrainConfig:
     # the alt-text for methods that use one (e.g. org_caption); method=openvision1 on shards needs it,
     # distinct from caption_key, and skips samples without it (bad-sample reason missing_alt_text)
     alt_caption_key: str = ""
-    shuffle_buffer: int = 10_000  # samples shuffled together (SPEC §4.1 uses 250 000)
+    shuffle_buffer: int = 10_000  # samples shuffled together (DESIGN.md §4.1 uses 250 000)
     allow_embedded: bool = True  # the paper recipes set false: they refuse the embedded dataset unless asked
     sample_with_replacement: bool = False  # draw shards at random instead of epoch permutations
     max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (PIL's limit)
-    # --- optimisation (SPEC §4.4, §4.5) ---
+    # --- optimisation (DESIGN.md §4.4, §4.5) ---
     batch_size: int = 256
     steps: int = 1000
     warmup_steps: int = 100

@@ -30,7 +30,7 @@ def build_model(config: TrainConfig, tokenizer: CaptionTokenizer, device=None) -
 
 
 def openvision1_config(config: TrainConfig, tokenizer: CaptionTokenizer):
-    """OpenVision 1 (SPEC §6) at the run's sizes; its loss weights are the run's, so that the loop's
+    """OpenVision 1 (DESIGN.md §6) at the run's sizes; its loss weights are the run's, so that the loop's
     scaling by caption_loss_weight gives clip_loss_weight * contrastive + caption_loss_weight * caption."""
     from ..models.openvision1 import OpenVision1Config
 
@@ -42,7 +42,7 @@ def openvision1_config(config: TrainConfig, tokenizer: CaptionTokenizer):
 
 
 def cappa_config(config: TrainConfig, tokenizer: CaptionTokenizer):
-    """OpenVision 2 without token masking: keep_ratio is 1 whatever the run says (SPEC §5.3)."""
+    """OpenVision 2 without token masking: keep_ratio is 1 whatever the run says (DESIGN.md §5.3)."""
     from ..models.cappa import CapPaConfig
 
     base = config.model_config(tokenizer.vocab_size, tokenizer.pad_id).to_dict()

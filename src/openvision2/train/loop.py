@@ -1,7 +1,7 @@
 """`ov2 train`: data -> model -> loss -> AdamW -> metrics/checkpoints, on one process or under torchrun.
 
 One step = `grad_accum` micro-batches per rank. The objective is the token mean of the caption loss
-over the whole global batch (SPEC §3.4): each micro-batch backpropagates its summed token loss times
+over the whole global batch (DESIGN.md §3.4): each micro-batch backpropagates its summed token loss times
 world_size / (global token count, all-reduced before the forward), which DDP's and FSDP's gradient
 averaging turns into exactly that mean; 1 rank x 4 micro-batches and 2 ranks x 2 give the same
 gradients. A method whose loss has parts besides the token mean (OpenVision 1's contrastive loss)
@@ -99,7 +99,7 @@ def check_data(config: TrainConfig) -> None:
     if config.method == "openvision1" and config.dataset == "shards" and (
             not config.alt_caption_key or config.alt_caption_key == config.caption_key):
         # Without a distinct alt-text the decoder's prefix (the alt-text through the text encoder) is
-        # the very caption it must write, and the caption loss collapses (SPEC §6).
+        # the very caption it must write, and the caption loss collapses (DESIGN.md §6).
         raise UserError(f"method=openvision1 on shards needs the alt-text in a field other than the caption "
                         f"({config.caption_key!r}): set alt_caption_key=KEY (e.g. txt or org_caption)")
     if config.dataset == "synthetic" and not config.allow_embedded:
@@ -117,7 +117,7 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 
 
 def loss_tokens(batch: dict, pad_id: int) -> int:
-    """Caption tokens that count in the loss: the same mask the models use (SPEC §3.3)."""
+    """Caption tokens that count in the loss: the same mask the models use (DESIGN.md §3.3)."""
     return int(caption_targets(batch["captions"], pad_id)[2].sum())
 
 

@@ -31,7 +31,7 @@ def device_peak_tflops(device: torch.device, configured: float) -> float | None:
 
 def train_flops_per_sample(config, vocab_size: int) -> float:
     """Training FLOPs of one image-caption pair: 3 x the forward FLOPs of openvision2.flops (the
-    SPEC §5.4 counting that reproduces the paper's FLOPs/image), for the run's method and shapes."""
+    DESIGN.md §5.4 counting that reproduces the paper's FLOPs/image), for the run's method and shapes."""
     from ..flops import Shape, count
 
     shape = Shape(method=config.method, encoder=config.encoder, decoder=config.decoder, image_size=config.image_size,

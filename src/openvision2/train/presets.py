@@ -10,7 +10,7 @@ from .config import TrainConfig
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {}
 
-# The paper's data (SPEC §3.2, §4.1): shards of the recaptioned DataComp-1B, the ReCap-DataComp-1B v2
+# The paper's data (DESIGN.md §3.2, §4.1): shards of the recaptioned DataComp-1B, the ReCap-DataComp-1B v2
 # caption key (v1 has re_caption instead), a 250,000-sample shuffle buffer; no embedded dataset.
 PAPER_DATA = dict(dataset="shards", caption_key="llava_llama3_condition_True_dense_weighted_topk",
                   shuffle_buffer=250_000, allow_embedded=False)
@@ -37,7 +37,7 @@ def tiny_cpu() -> TrainConfig:
 
 @preset
 def tiny_cpu_ov1() -> TrainConfig:
-    """The OpenVision 1 baseline (SPEC §6) at tiny-cpu's sizes: same encoder, plus a nano text encoder,
+    """The OpenVision 1 baseline (DESIGN.md §6) at tiny-cpu's sizes: same encoder, plus a nano text encoder,
     CLIP losses on the alt-text and one caption sentence, and a 40-query parallel caption decoder."""
     config = tiny_cpu()
     config.method, config.text_encoder, config.alt_text_len = "openvision1", "nano", 24
@@ -46,7 +46,7 @@ def tiny_cpu_ov1() -> TrainConfig:
 
 @preset
 def tiny_cpu_cappa() -> TrainConfig:
-    """The CapPa-style ablation (SPEC §5.3, §10.1) at tiny-cpu's sizes: no visual-token masking, and
+    """The CapPa-style ablation (DESIGN.md §5.3, §10.1) at tiny-cpu's sizes: no visual-token masking, and
     75% of captions predicted in parallel from [MASK] inputs (needs learned text positions)."""
     config = tiny_cpu()
     config.method, config.keep_ratio, config.parallel_prob, config.text_pos = "cappa", 1.0, 0.75, "learned"
@@ -56,7 +56,7 @@ def tiny_cpu_cappa() -> TrainConfig:
 @preset
 def fashion_mnist_cpu() -> TrainConfig:
     """tiny-cpu's method on Fashion-MNIST shards (`ov2 shards --fashion-mnist --out data/fashion-mnist`):
-    32 px in 8 px patches (16 tokens, 5 kept), SPEC §4.2 augmentations, one caption template drawn per
+    32 px in 8 px patches (16 tokens, 5 kept), DESIGN.md §4.2 augmentations, one caption template drawn per
     visit; `ov2 caption-accuracy` then scores the test captions by the class they name."""
     return TrainConfig(
         encoder="nano/8", decoder="nano", image_size=32, text_len=24, tokenizer="bpe", bpe_vocab_size=256,
@@ -69,7 +69,7 @@ def fashion_mnist_cpu() -> TrainConfig:
 
 @preset
 def l14_stage1() -> TrainConfig:
-    """The paper's ViT-L/14 stage 1 (SPEC §4.3): 84 px, batch 32768, 12.8B samples (390,981 steps),
+    """The paper's ViT-L/14 stage 1 (DESIGN.md §4.3): 84 px, batch 32768, 12.8B samples (390,981 steps),
     warmup 1,563 steps, peak LR 8e-6 x 32768/256 = 1.024e-3, keep 0.35, L decoder, WordPiece, the
     paper's data (train_shards=... of the recaptioned corpus; allow_embedded=true dataset=synthetic
     only shows the shapes run). Needs a GPU cluster. precision=fp32 is the faithful setting (the

@@ -1,4 +1,4 @@
-"""The resolution curriculum (SPEC §4.3) as recipes: ordered stages, each a complete TrainConfig.
+"""The resolution curriculum (DESIGN.md §4.3) as recipes: ordered stages, each a complete TrainConfig.
 
 A stage restores all weights from the previous stage's final export (`init_from`) and starts a
 fresh optimizer and schedule; the peak LR is base_lr x batch/256 in every stage. `run_recipe`
@@ -6,19 +6,19 @@ trains the stages in order into OUT/stage-<name>/, skips stages already finished
 unfinished one from its latest checkpoint, and points OUT/checkpoints/latest at the newest export
 (so `ov2 caption --checkpoint OUT` works).
 
-Paper stages (SPEC §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch)):
+Paper stages (DESIGN.md §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch)):
     pretrain  84 px, batch 32768, 10000 ep = 390,981 steps, warmup 1,563, base_lr 8e-6 (peak 1.024e-3)
     finetune 224 px, batch 16384,   800 ep =  62,556 steps, warmup 1,563, base_lr 4e-7 (peak 2.56e-5)
     high-res 336/384/448 px, batch 8192, 200 ep = 31,278 steps, no warmup, base_lr 1e-7 (inferred, OV1's script)
 Decoders (models/registry.py PAPER_DECODERS, shared with `ov2 flops`): L for L/14 and So400m-shaped
-for So400m/14 (inferred from FLOPs, SPEC §2); H/14 and g/14 are unknown, and take the H decoder
+for So400m/14 (inferred from FLOPs, DESIGN.md §2); H/14 and g/14 are unknown, and take the H decoder
 (1024 x 24, the size OpenVision 1 calls `g`).
-Data (SPEC §3.2, §4.1): WebDataset shards of the recaptioned corpus, caption key
+Data (DESIGN.md §3.2, §4.1): WebDataset shards of the recaptioned corpus, caption key
 llava_llama3_condition_True_dense_weighted_topk (ReCap-DataComp-1B v2; with v1 use
 caption_key=re_caption), shuffle buffer 250,000. They refuse the embedded dataset unless
 allow_embedded=true is given (dataset=synthetic), since on it they only show that the shapes run.
 Precision: bf16 autocast (fast on GPUs); the released OpenVision 2 trains in float32, so
-precision=fp32 is the faithful setting (SPEC §1.2).
+precision=fp32 is the faithful setting (DESIGN.md §1.2).
 """
 
 from __future__ import annotations
