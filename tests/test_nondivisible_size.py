@@ -15,7 +15,7 @@ from transformers import AutoModel
 
 from openvision2.checkpoint import load_checkpoint, save_checkpoint
 from openvision2.cli import main
-from openvision2.flops import Shape, count
+from openvision2.flops import count
 from openvision2.interop import export_checkpoint
 from openvision2.models import ModelConfig, OpenVision2, create_encoder
 from openvision2.models.masking import num_kept
@@ -52,7 +52,7 @@ def test_model_trains_and_captions_at_384_over_14():
     loss = model.train()(normalize(images), tokens)["loss"]
     loss.backward()
     assert torch.isfinite(loss)
-    flops = count(Shape("openvision2", "So400m/14", "So400m", SIZE)).to_dict()
+    flops = count(ModelConfig(encoder="So400m/14", decoder="So400m", image_size=SIZE)).to_dict()
     assert flops["decoder_tokens"] == {"visual": 255, "text": 127}
 
 
@@ -136,5 +136,6 @@ def test_so400m_384_recipe_starts_every_stage_at_reduced_width(tmp_path):
                  "show_captions=0", "tensorboard=false", "log_every=1"]
     summaries = run_recipe("so400m14-384", tmp_path, overrides, steps=1, progress=False)
     assert [s["step"] for s in summaries] == [1, 1, 1]
-    sizes = [json.loads((tmp_path / f"stage-{n}" / "config.json").read_text())["image_size"] for n in (84, 224, 384)]
+    sizes = [json.loads((tmp_path / f"stage-{n}" / "config.json").read_text())["model"]["image_size"]
+             for n in (84, 224, 384)]
     assert sizes == [84, 224, 384]

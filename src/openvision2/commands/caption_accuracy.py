@@ -1,22 +1,28 @@
-"""ov2 caption-accuracy --checkpoint DIR --shards 'test-{000000..000001}.tar' [--limit N] [--json]"""
+"""ov2 eval caption-accuracy --checkpoint DIR --shards 'test-{000000..000001}.tar' [--limit N] [--json]
+
+An evaluation, so it is a target of `ov2 eval`; the top-level `ov2 caption-accuracy` is its old
+name, still accepted but not listed."""
 
 from __future__ import annotations
 
+from ._options import add_checkpoint, add_json
+
 NAME = "caption-accuracy"
+HIDDEN = True
 HELP = ("share of shard images whose greedy caption names their class and no other "
         "(e.g. Fashion-MNIST shards from `ov2 shards --fashion-mnist`)")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    add_checkpoint(parser)
     parser.add_argument("--shards", required=True, help="labelled shards (their json member holds the class)")
     parser.add_argument("--classes", default="fashion-mnist",
                         help="'fashion-mnist' or a comma-separated list of class names (default: fashion-mnist)")
     parser.add_argument("--class-key", default="class", help="json key with the sample's class name (default: class)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate at most this many images (0: all)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="images captioned together")
     parser.add_argument("--show", type=int, default=5, help="print this many example captions")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(parser)
 
 
 def run(args) -> int:

@@ -39,6 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
 from .badsamples import BadSample, BadSampleLog
+from .remote import RemoteOptions, ShardCache, is_remote, sizes_beside
 from .tarindex import ShardIndex, ShardReader, UnreadableShard, index_shard
 from .writer import SIZES_FILE
 
@@ -59,7 +60,7 @@ def expand_shards(spec: str) -> list[str]:
     from webdataset.shardlists import expand_urls
 
     spec = spec.strip()
-    if os.path.isdir(spec):
+    if not is_remote(spec) and os.path.isdir(spec):
         found = sorted(glob(os.path.join(spec, "*.tar")) + glob(os.path.join(spec, "*.tar.gz")))
         if not found:
             raise UserError(f"directory {spec} holds no .tar shards")
@@ -135,23 +136,50 @@ def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) 
 
 # ------------------------------------------------------------------------------------------ the stream
 class IndexCache:
-    """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers)."""
+    """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers).
+    Remote shards (data/remote.py) are fetched into the slot's ShardCache and indexed there."""
 
-    def __init__(self, capacity: int = 16):  # an index costs ~0.5 kB a sample: bounded memory
-        self.capacity, self._items = capacity, OrderedDict()
+    def __init__(self, capacity: int = 16, remote: RemoteOptions | None = None, slot: int = 0):
+        self.capacity, self._items = capacity, OrderedDict()  # an index costs ~0.5 kB a sample
+        self.remote, self.slot, self.fetched = remote or RemoteOptions(), slot, None
 
     def get(self, path: str) -> ShardIndex | UnreadableShard:
         if path in self._items:
             self._items.move_to_end(path)
-            return self._items[path]
+            item = self._items[path]
+            if is_remote(path) and isinstance(item, ShardIndex):
+                try:  # its local copy may have left the cache since: fetch it again (same name, same index)
+                    self._shard_cache().get(path)
+                except UnreadableShard as err:
+                    return err
+            return item
         try:
-            item = index_shard(path)
+            if is_remote(path):
+                item = index_shard(self._shard_cache().get(path))
+                item.file, item.path = item.path, path  # read the local copy; name the shard by its URL
+            else:
+                item = index_shard(path)
         except UnreadableShard as err:
             item = err
         self._items[path] = item
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return item
+
+    def _shard_cache(self) -> ShardCache:
+        if self.fetched is None:
+            self.fetched = ShardCache(self.remote, self.slot)
+        return self.fetched
+
+    def want(self, owner: int, current: list[str], upcoming: list[str]) -> None:
+        """The remote shards `owner` reads now and next (the next ones are fetched in the background)."""
+        if any(is_remote(u) for u in current + upcoming):
+            self._shard_cache().want(owner, [u for u in current if is_remote(u)], [u for u in upcoming if is_remote(u)])
+
+    def close(self) -> None:
+        if self.fetched is not None:
+            self.fetched.close()
+            self.fetched = None
 
 
 @dataclass
@@ -184,6 +212,7 @@ class SourceStream:
         self.cursor, self.pos, self.group = 0, 0, None
         self._orders: dict[int, list[int]] = {}
         self._idle_shards = 0  # shards visited since the last good sample (to stop on a dead source)
+        self._read_ahead = 1  # remote shards to fetch ahead: the last group's length
 
     def shard_at(self, j: int) -> str:
         """Shard number j of the slot's sequence: epochs of permuted shards, or independent draws."""
@@ -204,6 +233,7 @@ class SourceStream:
         whose problems were counted before the checkpoint."""
         group = Group(self.cursor, 0, [])
         epoch_end = (self.cursor // self.per_epoch + 1) * self.per_epoch
+        self.cache.want(self.source_id, [], self._upcoming(self.cursor))  # frees the previous group's shards
         total = 0
         while self.cursor + group.length < epoch_end and (group.length == 0 or total < self.buffer):
             j = self.cursor + group.length
@@ -225,7 +255,16 @@ class SourceStream:
             rng = np.random.default_rng([self.seed, self.source_id, self.slot, self.cursor])
             group.order = rng.permutation(total)
         self._idle_shards += group.length
+        self._read_ahead = group.length
+        self.cache.want(self.source_id, [self.shard_at(j) for j in range(group.cursor, group.cursor + group.length)],
+                        self._upcoming(group.cursor + group.length))
         return group
+
+    def _upcoming(self, start: int) -> list[str]:
+        """The shards fetched ahead (remote sources): the next group's, estimated by the last group's length."""
+        count = self.cache.remote.read_ahead or self._read_ahead
+        stop = start + count if self.limit is None else min(start + count, self.limit)
+        return [self.shard_at(j) for j in range(start, stop)]
 
     def next_raw(self) -> tuple[dict[str, bytes], str, str, random.Random] | None:
         """The next sample's members, shard, key and an rng seeded by its identity; None at the end."""
@@ -276,7 +315,7 @@ class SlotStream:
                  epochs: int | None = None):
         self.dataset, self.slot, self.num_slots = dataset, slot, num_slots
         self.bad = BadSampleLog()
-        cache = IndexCache()
+        cache = self.index_cache = IndexCache(remote=dataset.remote, slot=slot)
         shuffle = dataset.shuffle if shuffle is None else shuffle
         epochs = dataset.epochs if epochs is None else epochs
         self.streams = [SourceStream(src, i, slot, num_slots, dataset.seed, shuffle, dataset.shuffle_buffer,
@@ -335,6 +374,7 @@ class SlotStream:
     def close(self) -> None:
         for stream in self.streams:
             stream.close()
+        self.index_cache.close()
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -356,7 +396,8 @@ class ShardDataset(IterableDataset):
                  alt_caption_key: str = "", seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
                  with_replacement: bool = False,
                  batch_size: int = 1, collate: Callable | None = None, rank: int | None = None,
-                 world_size: int | None = None, epochs: int | None = None, drop_last: bool = True):
+                 world_size: int | None = None, epochs: int | None = None, drop_last: bool = True,
+                 remote: RemoteOptions | None = None):
         if isinstance(sources, str):
             sources = parse_sources(sources)
         elif sources and all(isinstance(s, str) for s in sources):  # a list of shard paths: one source
@@ -375,6 +416,7 @@ class ShardDataset(IterableDataset):
         self.shuffle, self.shuffle_buffer, self.with_replacement = shuffle, max(1, shuffle_buffer), with_replacement
         self.batch_size, self.collate, self.epochs, self.drop_last = batch_size, collate, epochs, drop_last
         self.rank, self.world_size = rank, world_size
+        self.remote = remote or RemoteOptions()  # how remote shards are fetched (data/remote.py)
         self.resume: dict[int, dict] = {}  # slot -> state, set by loader.ShardBatches.load_state_dict
 
     def slot(self) -> tuple[int, int]:
@@ -421,17 +463,19 @@ class ShardDataset(IterableDataset):
         """Samples in one pass over every shard (bad ones included), from the sizes.json that
         `ov2 shards` writes beside the shards, else from the shards' headers."""
         if not hasattr(self, "_length"):
-            total = 0
-            for path in (p for source in self.sources for p in source.shards):
-                sizes_file = os.path.join(os.path.dirname(path), SIZES_FILE)
-                sizes = _read_sizes(sizes_file) if os.path.exists(sizes_file) else {}
-                if os.path.basename(path) in sizes:
-                    total += int(sizes[os.path.basename(path)])
-                else:
-                    try:
-                        total += len(index_shard(path))
-                    except UnreadableShard:
-                        pass
+            total, cache = 0, IndexCache(remote=self.remote)  # remote shards without sizes.json are fetched
+            try:
+                for path in (p for source in self.sources for p in source.shards):
+                    sizes_file = os.path.join(os.path.dirname(path), SIZES_FILE)
+                    sizes = (sizes_beside(path, self.remote) if is_remote(path)
+                             else _read_sizes(sizes_file) if os.path.exists(sizes_file) else {})
+                    if os.path.basename(path) in sizes:
+                        total += int(sizes[os.path.basename(path)])
+                    elif isinstance(index := cache.get(path), ShardIndex):
+                        total += len(index)
+                        cache.want(0, [], [])  # keep no fetched copy
+            finally:
+                cache.close()
             self._length = total
         return self._length
 

@@ -27,6 +27,7 @@ class ShardIndex:
     members: list[dict[str, tuple[int, int]]] = field(default_factory=list)
     truncated: str = ""  # why the archive is cut short ("" if complete)
     data: bytes | None = None  # the decompressed archive, for gzip shards (they cannot be seeked)
+    file: str = ""  # where the bytes are, if not at `path` (a remote shard's local copy, data/remote.py)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -157,7 +158,7 @@ class ShardReader:
         f = self._files.get(index.path)
         if f is None:
             try:
-                f = self._files[index.path] = open(index.path, "rb")
+                f = self._files[index.path] = open(index.file or index.path, "rb")
             except OSError as err:  # removed or made unreadable since it was indexed
                 raise BadSample("unreadable_shard", str(err)) from None
         f.seek(offset)

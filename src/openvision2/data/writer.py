@@ -17,10 +17,13 @@ SIZES_FILE = "sizes.json"
 
 class ShardWriter:
     """`write(key, {"jpg": bytes, "txt": str, "json": dict})` fills `prefix-000000.tar`, ... with at
-    most `per_shard` samples each; `close()` writes sizes.json and returns {shard name: count}."""
+    most `per_shard` samples (and, with `max_bytes`, at most that many bytes unless a single sample is
+    larger) each; `close()` writes sizes.json and returns {shard name: count}."""
 
-    def __init__(self, out_dir: str | Path, prefix: str = "shard", per_shard: int = 10_000):
+    def __init__(self, out_dir: str | Path, prefix: str = "shard", per_shard: int = 10_000,
+                 max_bytes: int | None = None):
         self.out_dir, self.prefix, self.per_shard = Path(out_dir), prefix, per_shard
+        self.max_bytes, self._bytes = max_bytes, 0
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.sizes: dict[str, int] = {}
         self._tar: tarfile.TarFile | None = None
@@ -41,12 +44,18 @@ class ShardWriter:
     def write(self, key: str, members: dict[str, bytes | str | dict | list]) -> None:
         if "." in key or "/" in key:
             raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
-        if self._tar is None or self.sizes[f"{self.prefix}-{len(self.sizes) - 1:06d}.tar"] >= self.per_shard:
-            self._open_next()
+        encoded = {}
         for ext, value in members.items():
             if isinstance(value, (dict, list)):
                 value = json.dumps(value, ensure_ascii=False)
-            data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+            encoded[ext] = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        size = sum(512 + (len(data) + 511) // 512 * 512 for data in encoded.values())  # as stored in the tar
+        if self._tar is None or self.sizes[f"{self.prefix}-{len(self.sizes) - 1:06d}.tar"] >= self.per_shard or \
+                (self.max_bytes and self._bytes and self._bytes + size > self.max_bytes):
+            self._open_next()
+            self._bytes = 0
+        self._bytes += size
+        for ext, data in encoded.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), self._mtime, 0o444
             self._tar.addfile(info, io.BytesIO(data))

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -176,7 +178,19 @@ def synthetic_captions(count: int, image_size: int, seed: int = 0) -> CaptionSet
 
 def shard_captions(shards: str, count: int, image_size: int) -> CaptionSet:
     """The first `count` samples of tar shards (a directory, preferring test-*.tar, or one .tar file):
-    the txt member is the caption; a json "captions" list adds references."""
+    the txt member is the caption; a json "captions" list adds references. A remote shard (a URL or
+    `pipe:` command, data/remote.py) is fetched first."""
+    from ..data.remote import RemoteOptions, fetch, is_remote
+    from ..data.tarindex import UnreadableShard
+
+    if is_remote(shards):
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, "shard.tar")
+            try:
+                fetch(shards, local, RemoteOptions())
+            except UnreadableShard as err:
+                raise UserError(f"cannot read the evaluation shard {shards}: {err}") from None
+            return shard_captions(local, count, image_size)
     root = Path(shards)
     paths = [root] if root.is_file() else sorted(root.glob("test-*.tar")) or sorted(root.glob("*.tar"))
     if not paths:

@@ -25,7 +25,7 @@ from ..models.decoder import CaptionDecoder
 from ..models.masking import keep_eval_tokens
 from ..models.registry import Size
 from ..tokenizer import CaptionTokenizer
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 
 CONFIG = "decoder_config.json"
 WEIGHTS = "decoder.safetensors"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..models.openvision2 import OpenVision2
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 
 SOURCES = ("open_clip", "timm", "hf")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 from .spec import LAYER_NORM_EPS, EncoderSpec, mlp_ratio
 
 CONFIG = "open_clip_config.json"
