@@ -16,6 +16,7 @@ from transformers import AutoModel
 from openvision2.checkpoint import load_checkpoint, save_checkpoint
 from openvision2.cli import main
 from openvision2.flops import count
+from openvision2.generate import greedy_caption
 from openvision2.interop import export_checkpoint
 from openvision2.models import ModelConfig, OpenVision2, create_encoder
 from openvision2.models.masking import num_kept
@@ -46,12 +47,15 @@ def test_encoder_drops_the_remainder_like_a_valid_convolution():
 
 
 def test_model_trains_and_captions_at_384_over_14():
-    model = OpenVision2(ModelConfig(encoder="mu/14", decoder="mu", image_size=SIZE, vocab_size=40, text_len=8))
+    _, tokenizer = tiny_model()
+    model = OpenVision2(ModelConfig(encoder="mu/14", decoder="mu", image_size=SIZE, vocab_size=tokenizer.vocab_size,
+                                    text_len=8))
     images = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
-    tokens = torch.randint(3, 40, (2, 8))
+    tokens = torch.randint(3, tokenizer.vocab_size, (2, 8))
     loss = model.train()(normalize(images), tokens)["loss"]
     loss.backward()
     assert torch.isfinite(loss)
+    assert len(greedy_caption(model.eval(), tokenizer, images)) == 2  # 255 of 729 tokens decoded
     flops = count(ModelConfig(encoder="So400m/14", decoder="So400m", image_size=SIZE)).to_dict()
     assert flops["decoder_tokens"] == {"visual": 255, "text": 127}
 
