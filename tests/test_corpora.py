@@ -119,3 +119,19 @@ def test_shard_size_limits_bytes(tmp_path, capsys):
     assert parse_size("500MB") == 500_000_000 and parse_size("1GiB") == 2 ** 30 and parse_size("4096") == 4096
     with pytest.raises(UserError, match="--shard-size"):
         parse_size("lots")
+
+
+def test_coco_file_names_outside_the_image_folder_are_skipped(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(image_bytes(0))
+    (tmp_path / "secret.jpg").write_bytes(image_bytes(1))
+    records = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "../secret.jpg"},
+               {"id": 3, "file_name": str(tmp_path / "secret.jpg")}]
+    annotations = [{"id": i, "image_id": i, "caption": f"caption {i}"} for i in (1, 2, 3)]
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"images": records, "annotations": annotations}))
+    assert main(["shards", "--coco", str(path), "--image-dir", str(images), "--out", str(tmp_path / "o"),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["samples"] == 1 and result["skipped"] == {"outside_images": 2}

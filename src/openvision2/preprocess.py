@@ -5,6 +5,7 @@ and is every encoder's timm pretrained_cfg (models/vit.py)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,12 +33,23 @@ def pil_to_uint8(image: Image.Image, size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
+def load_image(path: str | Path, size: int, max_pixels: int | None = None) -> torch.Tensor:
+    """An image file -> uint8 [3, size, size]; UserError for a missing, unreadable or too large
+    (decompression bomb: over `max_pixels`, PIL's limit by default) file."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked here
+            image = Image.open(path)
+        with image:
+            if limit and image.width * image.height > limit:
+                raise UserError(f"image {path} is {image.width}x{image.height} pixels, over the limit of {limit} "
+                                "(a decompression bomb?): resize it first")
             return pil_to_uint8(image, size)
     except FileNotFoundError:
         raise UserError(f"image {path} does not exist") from None
+    except Image.DecompressionBombError as err:
+        raise UserError(f"image {path} is too large (a decompression bomb?): {err}") from None
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"cannot read image {path}: {err}") from None
 

@@ -29,6 +29,8 @@ def _common(parser, checkpoint_required: bool = True) -> None:
     add_eval_keep_ratio(parser)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_json(parser)
+    parser.add_argument("--precision", default="auto",
+                        help="fp32, bf16 or auto: resolved as `ov2 train` does, from hardware flags (default: auto)")
 
 
 def _task_args(parser) -> None:
@@ -134,6 +136,9 @@ def _task(args, image_size: int, num_train: int = 16):
 def _emit(args, result: dict, lines: list[str]) -> int:
     import json
 
+    result = {**result, "precision": args.resolved_precision, "precision_asked": args.precision}
+    lines = [*lines, f"(precision {args.resolved_precision}, asked {args.precision})"]
+
     if args.json:
         print(json.dumps(result))
     else:
@@ -189,10 +194,37 @@ def _captions(args, model, tokenizer, count: int, options: dict) -> dict:
     data = shard_captions(args.shards, count, size) if args.shards else synthetic_captions(count, size, args.seed)
     result = caption_metrics(model, tokenizer, data.images, data.references, **options)
     result["references"] = [refs[0] for refs in data.references]
+    if data.skipped:
+        result["skipped"] = data.skipped  # bad held-out samples passed over, by reason
     return result
 
 
+# Count options of the targets: the least value each accepts.
+_AT_LEAST = {"test_images": 1, "train_images": 1, "images": 1, "caption_images": 1, "attentive_epochs": 1,
+             "beam_size": 1, "batch_size": 1, "new_tokens": 1, "repeats": 1, "show": 0, "top_k": 0}
+
+
+def check_counts(args) -> None:
+    from ..errors import UserError
+
+    for key, least in _AT_LEAST.items():
+        value = getattr(args, key, None)
+        if value is not None and value < least:
+            raise UserError(f"--{key.replace('_', '-')} must be >= {least}, got {value}")
+
+
 def run(args) -> int:
+    """Every evaluation runs under the precision `ov2 train` would pick here, and reports it."""
+    from ..precision import DTYPES, autocast, resolve_precision_name
+
+    check_counts(args)
+    device = _device(args)
+    args.resolved_precision = resolve_precision_name(args.precision, device)
+    with autocast(device, DTYPES[args.resolved_precision]):
+        return _run(args)
+
+
+def _run(args) -> int:
     target = args.eval_target
     if target == "speed":
         return _run_speed(args)
@@ -217,6 +249,8 @@ def run(args) -> int:
     if target == "zeroshot":
         task = _task(args, size)
         result = {"task": task.name, "reduce": args.reduce, **_zeroshot(args, models, tokenizer, task)}
+        if task.test.skipped:
+            result["skipped"] = task.test.skipped
         lines = _table(f"zero-shot {task.name} ({len(task.classnames)} classes, {len(task.test.labels)} images, "
                        f"prompt score = {args.reduce} of token log-likelihoods)",
                        [(n, result[n]) for n in models], ["top1", "top5"])

@@ -35,6 +35,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--source", default=None, help="Fashion-MNIST idx directory "
                         "(default: /usr/share/datasets/fashion-mnist, from the dataset-fashion-mnist package)")
     parser.add_argument("--limit", type=int, help="write at most this many samples (per split; default: all)")
+    parser.add_argument("--append", action="store_true",
+                        help="add shards to a non-empty --out, numbered after the ones there (default: refuse)")
+    parser.add_argument("--allow-outside-images", action="store_true",
+                        help="embed image paths that resolve outside --image-dir ('../x', '/abs/x', symlinks "
+                             "out of it); by default such rows are skipped and counted")
     add_json(parser)
 
 
@@ -47,7 +52,7 @@ def read_rows(path: str) -> list[dict]:
     try:
         with open(path, encoding="utf-8", newline="") as f:
             if path.endswith((".jsonl", ".json")):
-                rows = []
+                rows = []  # a row that is not a JSON object is kept here and skipped (counted) by the writer
                 for number, line in enumerate(f, 1):
                     if line.strip():
                         try:
@@ -65,7 +70,7 @@ def read_rows(path: str) -> list[dict]:
 def _column(rows: list[dict], chosen: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
     from ..errors import UserError
 
-    keys = list(rows[0]) if rows else []
+    keys = list(next((row for row in rows if isinstance(row, dict)), {}))
     if chosen:
         if chosen not in keys:
             raise UserError(f"{path} has no column {chosen!r} (columns: {', '.join(keys)})")
@@ -92,7 +97,8 @@ def write_folder(args) -> dict:
     root = Path(args.image_dir)
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")
-    result = write_corpus(args, folder.rows(rows, str(root), image_col, caption_col), total=len(rows))
+    result = write_corpus(args, folder.rows(rows, str(root), image_col, caption_col, args.allow_outside_images),
+                          total=len(rows))
     if not result["samples"]:
         raise UserError(f"no sample written: every row of {args.captions} was skipped ({result['skipped']})")
     return result
@@ -121,7 +127,7 @@ def write_corpus(args, rows, total=None, skipped=None) -> dict:
 
     workers = args.workers if args.workers is not None else default_workers()
     return write(rows, args.out, prefix=args.prefix, per_shard=args.per_shard, max_bytes=parse_size(args.shard_size),
-                 workers=workers, total=total, limit=args.limit, extra_skipped=skipped)
+                 workers=workers, total=total, limit=args.limit, extra_skipped=skipped, append=args.append)
 
 
 def write_other_corpus(args) -> dict:
@@ -137,7 +143,8 @@ def write_other_corpus(args) -> dict:
         from ..data.corpora import parquet
 
         paths = parquet.files(args.parquet)
-        result = write_corpus(args, parquet.rows(paths, args.image_column, args.caption_column, args.image_dir),
+        result = write_corpus(args, parquet.rows(paths, args.image_column, args.caption_column, args.image_dir,
+                                                       args.allow_outside_images),
                               total=parquet.count(paths))
         source = ", ".join(args.parquet)
     elif args.coco:
@@ -146,7 +153,7 @@ def write_other_corpus(args) -> dict:
         if not args.image_dir:
             raise UserError("--coco needs --image-dir DIR, the folder its file_name entries are in")
         data = coco.load(args.coco)
-        result = write_corpus(args, coco.rows(data, args.image_dir), total=coco.count(data))
+        result = write_corpus(args, coco.rows(data, args.image_dir, args.allow_outside_images), total=coco.count(data))
         source = args.coco
     else:
         from ..data.corpora import img2dataset
@@ -162,12 +169,16 @@ def write_other_corpus(args) -> dict:
 def run(args) -> int:
     import json
 
+    from ..data.writer import prepare_out_dir
     from ..errors import UserError
 
     if args.per_shard < 1:
         raise UserError(f"--per-shard must be >= 1, got {args.per_shard}")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1 (or left out for every sample), got {args.limit}")
+    prepare_out_dir(args.out, args.append)
     if args.fashion_mnist:
         from ..data.fashion_mnist import DEFAULT_DIR, write_fashion_mnist
 

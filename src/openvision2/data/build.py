@@ -128,6 +128,12 @@ class CaptionCollate:
 
 def fixed_batch(dataset: Dataset, collate: CaptionCollate, count: int) -> dict:
     """The first `count` samples as one batch: the held-out set evaluated throughout a run."""
-    if hasattr(dataset, "take"):  # a ShardDataset (iterable): the first samples of an ordered pass
-        return collate(dataset.take(count))
-    return collate([dataset[i] for i in range(min(count, len(dataset)))])
+    if hasattr(dataset, "first"):  # a ShardDataset (iterable): the first samples of an ordered pass
+        samples, skipped = dataset.first(count)
+    else:
+        samples, skipped = [dataset[i] for i in range(min(count, len(dataset)))], {}
+    if not samples:
+        found = f"every sample was skipped ({skipped})" if skipped else "it is empty"
+        raise UserError(f"the held-out set has no usable sample: {found}; point val_shards at image-caption "
+                        "shards (or set val_samples >= 1)")
+    return collate(samples)

@@ -91,6 +91,8 @@ def run_evals(model, tokenizer, config: EvalConfig, data: HeldOut = HeldOut(), e
         result = caption_metrics(model, tokenizer, held_out.images, held_out.references)
         for key in ("cider", "bleu4", "perplexity", "exact_match", "repeated_phrase_share"):
             metrics[f"captions/{key}"] = result[key]
+        if held_out.skipped:  # bad held-out samples passed over (each reason logged once per shard)
+            metrics["captions/skipped"] = float(sum(held_out.skipped.values()))
     if "probe" in chosen and task is not None:
         result = run_probes(model, task, attentive_epochs=attentive_epochs)
         metrics["probe/linear"] = result["linear_pooled"]["accuracy"]

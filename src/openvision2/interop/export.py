@@ -37,7 +37,10 @@ def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path, source
         raise UserError("this checkpoint has no decoder (an encoder-only import): nothing to export as 'decoder'")
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:  # a path under a file, a read-only file system, no permission
+        raise UserError(f"cannot create --out {out}: {err.strerror or err}") from None
     try:
         if fmt == "timm":
             from .timm_format import save_timm_dir
@@ -52,6 +55,9 @@ def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path, source
             from .hf_format import save_hf_dir
             save_hf_dir(state, spec, preprocess, tmp, fmt)
         (tmp / "README.md").write_text(model_card(fmt, spec, preprocess, meta, source, out.name))
+    except OSError as err:  # e.g. the disk fills up
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the export into {out}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -58,7 +58,8 @@ class ParallelConfig:
                                            choices=ACTIVATION_CHECKPOINTING)
     compile: bool = option(False, "torch.compile each transformer block")
     meta_init: bool = option(False, "build on the meta device, shard, then initialise (1B+ models under FSDP)")
-    precision: str = option("auto", "auto (bf16 autocast where bf16 matmuls are fast, else fp32), bf16 or fp32",
+    precision: str = option("auto", "auto (bf16 where the hardware computes it natively: Ampere+ GPUs, CPUs with "
+                            "AVX-512 BF16 or AMX; else fp32; recorded in the run and reused on resume), bf16 or fp32",
                             choices=PRECISIONS)
 
 
@@ -235,7 +236,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             raise UserError(f"unknown override key {key!r}{hint}")
         _, f = DOTTED_KEYS.get(key) or FLAT_KEYS[key]
         config.set(key, _parse_value(key, value, _TYPES[f.type]))
-    return config.validate()
+    return _check_patch_divides(config.validate())
 
 
 def describe_keys(config: TrainConfig) -> list[str]:
@@ -250,3 +251,15 @@ def describe_keys(config: TrainConfig) -> list[str]:
             value = getattr(getattr(config, section), f.name)
             lines.append(f"{key}={value}    (alias {alias}; default {default_of(f)!r}) {describe(f)}")
     return lines
+
+
+def _check_patch_divides(config: TrainConfig) -> TrainConfig:
+    """The encoder cuts the image into whole patches (until other sizes are supported)."""
+    from ..models.registry import parse_encoder_name
+
+    _, patch = parse_encoder_name(config.encoder)
+    if config.image_size < 1 or config.image_size % patch:
+        fits = max(patch, round(config.image_size / patch) * patch)
+        raise UserError(f"image_size={config.image_size} is not a multiple of the patch size {patch} of encoder "
+                        f"{config.encoder}: use e.g. image_size={fits}")
+    return config

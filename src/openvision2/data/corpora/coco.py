@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ...errors import UserError
+from .folder import outside_skip
 
 
 def load(annotations: str) -> dict:
@@ -26,7 +27,7 @@ def load(annotations: str) -> dict:
     return data
 
 
-def rows(data: dict, root: str) -> Iterator[dict]:
+def rows(data: dict, root: str, allow_outside: bool = False) -> Iterator[dict]:
     captions: dict = {}
     for annotation in data["annotations"]:
         if isinstance(annotation, dict) and isinstance(annotation.get("caption"), str):
@@ -34,11 +35,16 @@ def rows(data: dict, root: str) -> Iterator[dict]:
     for number, image in enumerate(data["images"], 1):
         if not isinstance(image, dict):
             continue
+        where = f"image {image.get('id')} ({image.get('file_name')})"
+        refused = outside_skip(root, str(image.get("file_name", "")), where, allow_outside)
+        if refused:
+            yield refused
+            continue
         found = [c for c in captions.get(image.get("id"), []) if c]
         meta = {k: v for k, v in image.items() if isinstance(v, (str, int, float, bool))}
         meta["image_id"], meta["captions"] = image.get("id"), found
         yield {"image": None, "path": str(Path(root) / str(image.get("file_name", ""))), "captions": found,
-               "meta": meta, "where": f"image {image.get('id')} ({image.get('file_name')})"}
+               "meta": meta, "where": where}
 
 
 def count(data: dict) -> int:

@@ -22,8 +22,12 @@ COPIED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # stored as they
 
 def encode_row(row: dict) -> tuple:
     """("ok", ext, image bytes, caption, meta) or ("skip", reason, detail). Runs in a worker process."""
+    import warnings
+
     from PIL import Image
 
+    if "skip" in row:  # refused by the row reader (data/corpora/folder.py)
+        return ("skip", *row["skip"])
     captions = [c.strip() for c in row.get("captions") or [] if isinstance(c, str) and c.strip()]
     if not captions:
         return "skip", "empty_caption", f"{row['where']}: no caption"
@@ -34,9 +38,11 @@ def encode_row(row: dict) -> tuple:
                 return "skip", "unreadable_image", f"{row['where']}: no image"
             with open(row["path"], "rb") as f:
                 data = f.read()
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-            fmt = image.format
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()  # a full decode: verify() passes truncated JPEG, BMP, GIF and TIFF files
+                fmt = image.format
         ext = COPIED_FORMATS.get(fmt)
         if ext is None:
             buffer = io.BytesIO()
@@ -64,19 +70,22 @@ def _encoded(rows: Iterable[dict], workers: int) -> Iterator[tuple]:
 
 def write_corpus(rows: Iterable[dict], out: str, prefix: str = "shard", per_shard: int = 10_000,
                  max_bytes: int | None = None, workers: int = 1, total: int | None = None,
-                 limit: int | None = None, extra_skipped: Counter | None = None) -> dict:
+                 limit: int | None = None, extra_skipped: Counter | None = None, append: bool = False) -> dict:
     """Write the rows' samples; returns {"out", "samples", "shards": {name: count}, "skipped": {reason: n}}.
     `extra_skipped` is a Counter the row reader adds its own skips to (e.g. bad input shards)."""
     from tqdm import tqdm
 
-    from ..writer import ShardWriter
+    from ..writer import ShardWriter, next_shard_number, read_sizes
 
     skipped = extra_skipped if extra_skipped is not None else Counter()
-    written = 0
+    written, start, first_key = 0, 0, 0
+    if append:  # shard numbers and keys continue after those already in `out`
+        start = next_shard_number(out, prefix)
+        first_key = sum(n for name, n in read_sizes(out).items() if name.startswith(f"{prefix}-"))
     if limit:
         rows = (row for i, row in zip(range(limit), rows))
         total = min(total, limit) if total else limit
-    with ShardWriter(out, prefix=prefix, per_shard=per_shard, max_bytes=max_bytes) as writer, \
+    with ShardWriter(out, prefix=prefix, per_shard=per_shard, max_bytes=max_bytes, start=start) as writer, \
             tqdm(total=total, unit="img", desc=f"ov2 shards {prefix}", disable=None, leave=False) as bar:
         for result in _encoded(rows, workers):
             bar.update()
@@ -87,7 +96,7 @@ def write_corpus(rows: Iterable[dict], out: str, prefix: str = "shard", per_shar
                 skipped[reason] += 1
                 continue
             _, ext, data, caption, meta = result
-            writer.write(f"{written:09d}", {ext: data, "txt": caption, "json": meta})
+            writer.write(f"{first_key + written:09d}", {ext: data, "txt": caption, "json": meta})
             written += 1
     return {"out": str(out), "samples": written, "shards": dict(writer.sizes), "skipped": dict(skipped)}
 

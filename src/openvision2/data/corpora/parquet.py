@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 
 from ...errors import UserError
+from .folder import outside_skip
 
 IMAGE_COLUMNS = ("image", "jpg", "png", "img", "webp")
 CAPTION_COLUMNS = ("caption", "text", "txt", "re_caption", "sentences")
@@ -56,7 +57,8 @@ def count(paths: list[str]) -> int:
     return sum(_open(p).metadata.num_rows for p in paths)
 
 
-def rows(paths: list[str], image_column: str | None, caption_column: str | None, root: str | None) -> Iterator[dict]:
+def rows(paths: list[str], image_column: str | None, caption_column: str | None, root: str | None,
+         allow_outside: bool = False) -> Iterator[dict]:
     """Other scalar and list columns go into the json member. An image struct without bytes but with a
     path is read from `root` (--images)."""
     for path in paths:
@@ -73,6 +75,11 @@ def rows(paths: list[str], image_column: str | None, caption_column: str | None,
                 if isinstance(image, dict):  # the datasets Image feature: {"bytes": ..., "path": ...}
                     data, image_path = image.get("bytes"), image.get("path")
                     if data is None and image_path and root:
+                        refused = outside_skip(root, image_path, f"{os.path.basename(path)} row {number}",
+                                               allow_outside)
+                        if refused:
+                            yield refused
+                            continue
                         image_path = os.path.join(root, image_path)
                     elif data is None:
                         image_path = None
