@@ -31,6 +31,18 @@ _BLOCK_KEYS = (  # (ours under blocks.{i}., open_clip under transformer.resblock
 )
 
 
+def block_key_pairs(depth: int) -> list[tuple[str, str]]:
+    """(our key, open_clip's key) for every transformer-block tensor; open_clip's attention holds the
+    fused qkv projection as in_proj_weight / in_proj_bias."""
+    pairs = []
+    for i in range(depth):
+        for ours, theirs in _BLOCK_KEYS:
+            for kind in ("weight", "bias"):
+                theirs_key = (f"attn.in_proj_{kind}" if ours == "attn.qkv" else f"{theirs}.{kind}")
+                pairs.append((f"blocks.{i}.{ours}.{kind}", f"transformer.resblocks.{i}.{theirs_key}"))
+    return pairs
+
+
 def vision_cfg(spec: EncoderSpec) -> dict:
     if not spec.class_token:
         raise UserError("open_clip's VisionTransformer always has a CLS token: a model trained with "
@@ -48,14 +60,7 @@ def to_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str,
            "positional_embedding": spec.pos_table()}
     if spec.pre_norm:
         out.update({"ln_pre.weight": state["norm_pre.weight"], "ln_pre.bias": state["norm_pre.bias"]})
-    for i in range(spec.depth):
-        for ours, theirs in _BLOCK_KEYS:
-            if ours == "attn.qkv":
-                out[f"transformer.resblocks.{i}.attn.in_proj_weight"] = state[f"blocks.{i}.attn.qkv.weight"]
-                out[f"transformer.resblocks.{i}.attn.in_proj_bias"] = state[f"blocks.{i}.attn.qkv.bias"]
-                continue
-            for kind in ("weight", "bias"):
-                out[f"transformer.resblocks.{i}.{theirs}.{kind}"] = state[f"blocks.{i}.{ours}.{kind}"]
+    out.update({theirs: state[ours] for ours, theirs in block_key_pairs(spec.depth)})
     out["ln_post.weight"], out["ln_post.bias"] = state["fc_norm.weight"], state["fc_norm.bias"]
     out["proj"] = torch.eye(spec.width)  # OV2 has no head; identity keeps the pooled feature as is
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
@@ -77,14 +82,7 @@ def from_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[st
            "patch_embed.proj.weight": state["conv1.weight"]}
     if spec.pre_norm:
         out.update({"norm_pre.weight": state["ln_pre.weight"], "norm_pre.bias": state["ln_pre.bias"]})
-    for i in range(spec.depth):
-        for ours, theirs in _BLOCK_KEYS:
-            if ours == "attn.qkv":
-                out[f"blocks.{i}.attn.qkv.weight"] = state[f"transformer.resblocks.{i}.attn.in_proj_weight"]
-                out[f"blocks.{i}.attn.qkv.bias"] = state[f"transformer.resblocks.{i}.attn.in_proj_bias"]
-                continue
-            for kind in ("weight", "bias"):
-                out[f"blocks.{i}.{ours}.{kind}"] = state[f"transformer.resblocks.{i}.{theirs}.{kind}"]
+    out.update({ours: state[theirs] for ours, theirs in block_key_pairs(spec.depth)})
     out["fc_norm.weight"], out["fc_norm.bias"] = state["ln_post.weight"], state["ln_post.bias"]
     return {k: v.float().contiguous() for k, v in out.items()}
 
