@@ -82,5 +82,5 @@ def test_every_method_has_the_same_loss_and_gradients_with_and_without_chunks(me
     (loss_full, grads_full), (loss_chunked, grads_chunked) = results
     torch.testing.assert_close(loss_chunked, loss_full, rtol=1e-6, atol=1e-6)
     assert grads_full.keys() == grads_chunked.keys() and "decoder.head.weight" in grads_full
-    for name, grad in grads_full.items():
-        torch.testing.assert_close(grads_chunked[name], grad, rtol=1e-6, atol=1e-6, msg=name)
+    for name, grad in grads_full.items():  # to 1e-6 of each tensor's scale: fp32 sums in another order
+        assert (grads_chunked[name] - grad).abs().max() <= 1e-6 * (1 + grad.abs().max()), name
