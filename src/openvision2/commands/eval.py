@@ -1,4 +1,4 @@
-"""ov2 eval zeroshot|probe|captions|all|speed --checkpoint DIR [--vs-random] [--json]"""
+"""ov2 eval zeroshot|probe|captions|all|speed|vlm --checkpoint DIR [--vs-random] [--json]"""
 
 from __future__ import annotations
 
@@ -66,6 +66,9 @@ def add_arguments(parser) -> None:
     every.add_argument("--train-images", type=int, default=2000)
     every.add_argument("--caption-images", type=int, default=256)
     every.add_argument("--attentive-epochs", type=int, default=30)
+    from ..vlm.command import add_vlm_arguments
+
+    add_vlm_arguments(sub, _common)
     speed = sub.add_parser("speed", help="decoding speed with vs without the key/value cache")
     _common(speed, checkpoint_required=False)
     speed.add_argument("--preset", default="tiny-cpu", help="model sizes when no --checkpoint (default: tiny-cpu)")
@@ -92,7 +95,7 @@ def _load(args):
     from ..generate import check_autoregressive
 
     model, tokenizer, meta = load_checkpoint(args.checkpoint, device=_device(args))
-    if args.eval_target != "probe":  # probes need only the encoder (imported checkpoints have no decoder)
+    if args.eval_target not in ("probe", "vlm"):  # probes and VLMs need only the encoder (imported checkpoints have no decoder)
         check_autoregressive(model)
     return model, tokenizer, meta
 
@@ -186,6 +189,10 @@ def run(args) -> int:
     target = args.eval_target
     if target == "speed":
         return _run_speed(args)
+    if target == "vlm":
+        from ..vlm.command import run_vlm
+
+        return run_vlm(args, _load, random_twin, _device(args), _emit)
     if target == "captions":
         model, tokenizer, _ = _load(args)
         result = _captions(args, model, tokenizer, args.images, decoding_options(args))
