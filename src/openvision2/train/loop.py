@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .factory import build_model
 from .faults import BadStepGuard, PreemptionFlag
+from .init_from import load_init_weights, tokenizer_source
 from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
 from .parallel import (ACTIVATION_CHECKPOINTING, initialize_weights, no_gradient_sync, parallelize,
@@ -154,7 +155,8 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     torch.manual_seed(config.seed)
     train_set = build_from_config(config, "train")
     val_set = build_from_config(config, "val")
-    source = resume_from or (config.init_from and ckpt.resolve_checkpoint(config.init_from))
+    # An encoder-only init_from (an import or export) has no tokenizer: the run's config builds one.
+    source = resume_from or (config.init_from and tokenizer_source(config.init_from))
     tokenizer = CaptionTokenizer.load(source) if source else build_tokenizer(config, train_set)
 
     # --- model: built (on meta for 1B+ models), wrapped in one place, then initialised ---
@@ -167,7 +169,7 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
         model.to_empty(device=device)
         initialize_weights(model)
     if config.init_from and resume_from is None:
-        ckpt.load_weights_from(config.init_from, wrapped)
+        log(load_init_weights(config.init_from, wrapped, model.encoder, config), flush=True)
     optimizer = build_optimizer(model, config.peak_lr, config.weight_decay, (config.beta1, config.beta2), config.eps)
 
     collate = CaptionCollate(tokenizer, config.text_len, getattr(model, "batch_fields", ()),
