@@ -17,8 +17,14 @@ def _common(parser, checkpoint_required: bool = True) -> None:
 def _task_args(parser) -> None:
     from ..eval.tasks import TASKS
 
-    parser.add_argument("--task", default="synthetic-object", choices=TASKS,
-                        help="classification task (default: synthetic-object, 30 colour+shape classes)")
+    parser.add_argument("--task", default="synthetic-object", metavar="TASK",
+                        help=f"classification task: {', '.join(TASKS)} (default: synthetic-object, 30 colour+shape "
+                             "classes), or your labelled images: imagefolder:DIR, csv:FILE (file,label rows; "
+                             "also .jsonl), shards:PATTERN (label in each json)")
+    parser.add_argument("--templates", default="", metavar="FILE",
+                        help='zero-shot prompts for your task: one template per line with "{}" for the class name '
+                             '(default: "a photo of a {}", ...)')
+    parser.add_argument("--label-key", default="label", help="json field holding the label (shards: tasks)")
     parser.add_argument("--shards", default="", help="Fashion-MNIST shard directory (for --task fashion-mnist)")
     parser.add_argument("--test-images", type=int, default=500, help="held-out images (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="embedded dataset seed (default: 0)")
@@ -121,7 +127,7 @@ def _task(args, image_size: int, num_train: int = 16):
     from ..eval.tasks import load_task
 
     return load_task(args.task, image_size, num_train=num_train, num_test=args.test_images, seed=args.seed,
-                     shards=args.shards)
+                     shards=args.shards, templates=args.templates, label_key=args.label_key)
 
 
 def _emit(args, result: dict, lines: list[str]) -> int:
