@@ -16,6 +16,7 @@ def add_vlm_arguments(sub, common) -> None:
                           "embedded dataset) or a classification task asked as 'what is this item?' "
                           "(fashion-mnist, imagefolder:DIR, csv:FILE, shards:PATTERN)")
     vlm.add_argument("--shards", default="", help="Fashion-MNIST shard directory (for --task fashion-mnist)")
+    vlm.add_argument("--label-key", default="label", help="json field holding the label (shards: tasks)")
     vlm.add_argument("--lm", default="tiny",
                      help="language model: 'tiny' (a 2-layer Llama from a config, word-level vocabulary learned from "
                           "the instruction data; the CPU default) or a local Hugging Face causal LM directory")
@@ -47,7 +48,7 @@ def options_from(args) -> VLMOptions:
     return VLMOptions(task=args.task, lm=args.lm, tokens=args.tokens, train_images=args.train_images,
                       test_images=args.test_images, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
                       stage1_lr=args.stage1_lr, stage2_lr=args.stage2_lr, batch_size=args.batch_size, seed=args.seed,
-                      shards=args.shards)
+                      shards=args.shards, label_key=args.label_key)
 
 
 def run_vlm(args, load, random_twin, device, emit) -> int:

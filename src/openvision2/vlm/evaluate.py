@@ -34,7 +34,7 @@ class VLMOptions:
     batch_size: int = 32
     seed: int = 0
     shards: str = ""
-    templates: str = ""
+    label_key: str = "label"
 
 
 def load_vqa(options: VLMOptions, image_size: int) -> tuple[vqa.VQASet, vqa.VQASet]:
@@ -45,7 +45,7 @@ def load_vqa(options: VLMOptions, image_size: int) -> tuple[vqa.VQASet, vqa.VQAS
     from ..eval.tasks import load_task
 
     task = load_task(options.task, image_size, num_train=options.train_images, num_test=options.test_images,
-                     seed=options.seed, shards=options.shards)
+                     seed=options.seed, shards=options.shards, label_key=options.label_key)
     captions_of = None
     if task.name == "fashion-mnist":
         from ..data.fashion_mnist import captions_for
