@@ -54,12 +54,9 @@ def options_from(args) -> VLMOptions:
 def run_vlm(args, load, random_twin, device, emit) -> int:
     """`load(args)` -> (model, tokenizer, meta); `emit(args, result, lines)` prints text or JSON."""
     from tqdm import tqdm
-    from transformers.utils import logging as hf_logging
 
     from .evaluate import evaluate_encoder, load_vqa
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     options = options_from(args)
     model, _, meta = load(args)
     models = {"trained": model}

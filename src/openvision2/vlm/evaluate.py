@@ -59,6 +59,10 @@ def evaluate_encoder(model, meta: dict, train: vqa.VQASet, test: vqa.VQASet, opt
     """Export the encoder, build LLaVA around it, run both stages, score the held-out questions."""
     if options.tokens not in TOKEN_CHOICES:
         raise UserError(f"unknown --tokens {options.tokens!r}: use one of {', '.join(TOKEN_CHOICES)}")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its per-file progress bars and notices would drown the results
+    hf_logging.disable_progress_bar()
     texts = train.captions + [q for _, _, q, _ in train.questions] + [a for _, _, _, a in train.questions]
     with tempfile.TemporaryDirectory(prefix="ov2-vlm-") as tmp:
         tower_dir = Path(tmp) / "tower"
