@@ -10,6 +10,7 @@ import pytest
 
 from openvision2.cli import main
 from openvision2.compare.methods import method_config
+from openvision2.compare.run import budget_steps
 
 TINY = ["encoder=mu/8", "decoder=mu", "image_size=32", "batch_size=4", "val_samples=4", "train_samples=200",
         "eval_images=4", "evals=", "tensorboard=false", "log_every=1"]
@@ -49,9 +50,20 @@ def test_compare_reuses_finished_runs(compared, capsys):
 
 
 def test_compare_refuses_other_settings_in_the_same_out(compared, capsys):
-    argv = ["compare", "--methods", "openvision2", "--steps", "5", "--out", str(compared), *SMALL_EVALS, *TINY]
+    argv = ["compare", "--methods", "openvision2", "--steps", "3", "--out", str(compared), *SMALL_EVALS, *TINY,
+            "seed=1"]
     assert main(argv) == 2
-    assert "holds a run with other settings (steps=3 there, 5 now)" in capsys.readouterr().err
+    assert "holds a run with other settings (seed=0 there, 1 now)" in capsys.readouterr().err
+
+
+def test_budgets_give_each_method_the_reference_cost():
+    costs = {"methods": {"openvision2": {"step_s": 1.0, "forward_flops_per_image": 2e9},
+                         "openvision1": {"step_s": 2.0, "forward_flops_per_image": 4e9},
+                         "cappa": {"step_s": 1.25, "forward_flops_per_image": 3e9}}}
+    methods = ["openvision2", "openvision1", "cappa"]
+    assert budget_steps(costs, methods, 100, "steps") == {"openvision2": 100, "openvision1": 100, "cappa": 100}
+    assert budget_steps(costs, methods, 100, "wall") == {"openvision2": 100, "openvision1": 50, "cappa": 80}
+    assert budget_steps(costs, methods, 100, "flops") == {"openvision2": 100, "openvision1": 50, "cappa": 67}
 
 
 def test_openvision1_needs_a_distinct_alt_text_on_shards():

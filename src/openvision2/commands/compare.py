@@ -18,8 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget", default=d.budget, choices=BUDGETS,
                         help="steps: equal steps (default); wall / flops: every method gets the measured time / "
                              "the FLOPs that --steps cost the first method")
-    parser.add_argument("--out", default="runs/compare", help="directory: one run per method, compare.json, "
-                                                               "index.html (reused and resumed when present)")
+    parser.add_argument("--out", default="runs/compare",
+                        help="directory: one run per method and step count (reused and resumed when present), "
+                             "compare.json + index.html (compare-wall.json + compare-wall.html, ... for --budget)")
     parser.add_argument("--evals", default=",".join(EVALS), help=f"comma list of {', '.join(EVALS)} (default: all)")
     parser.add_argument("--task", default=d.task, help="probe / zero-shot task (default: synthetic-object; also "
                                                        "fashion-mnist, imagefolder:DIR, csv:FILE, shards:PATTERN)")

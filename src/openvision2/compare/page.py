@@ -69,9 +69,12 @@ def _cell(value) -> str:
     return html.escape(str(value))
 
 
-def write_page(result: dict, out: Path) -> Path:
-    plots = [("quality_vs_time.png", "quality vs training time"), ("quality_vs_memory.png", "quality vs peak memory"),
-             ("loss_by_step.png", "loss curves by step"), ("loss_by_time.png", "loss curves by time")]
+def write_page(result: dict, out: Path, name: str = "index.html") -> Path:
+    """OUT/name and its plots (named after the budget, so the equal-steps and equal-budget pages coexist)."""
+    tag = result["budget"]
+    plots = [(f"{tag}_quality_vs_time.png", "quality vs training time"),
+             (f"{tag}_quality_vs_memory.png", "quality vs peak memory"),
+             (f"{tag}_loss_by_step.png", "loss curves by step"), (f"{tag}_loss_by_time.png", "loss curves by time")]
     _quality_plot(result, "train_time_s", "training time (s, interleaved step time x steps)", 1.0, out / plots[0][0])
     _quality_plot(result, "peak_mem_bytes", "peak memory (MiB)", 1 / 2**20, out / plots[1][0])
     _loss_plot(result, out / plots[2][0], by_time=False)
@@ -116,6 +119,6 @@ def write_page(result: dict, out: Path) -> Path:
                  "training time = steps x that step time, so that the methods are compared under the same "
                  "machine conditions; 'wall' is the time the runs actually took.</p>")
     parts.append(f"{LOADED_MARKER}</body></html>")
-    page = out / "index.html"
+    page = out / name
     page.write_text("\n".join(parts), encoding="utf-8")
     return page

@@ -6,7 +6,8 @@ Order of work, each part reused when OUT already holds it (so an interrupted com
    interleaved rounds (bench/train_step.py's machinery): step time, peak memory, forward FLOPs;
 2. budgets: `steps` gives every method --steps; `wall` and `flops` give each method the steps that
    cost what --steps cost the first method (by the measured step time, or by the FLOPs per step);
-3. training: OUT/METHOD is an ordinary run directory (`ov2 train --resume` semantics);
+3. training: OUT/METHOD-STEPS is an ordinary run directory (`ov2 train --resume` semantics), so a
+   run of the same method and steps is shared by the equal-steps and the equal-budget comparisons;
 4. evaluation: probes (linear, attentive, k-NN), zero-shot by caption likelihood where the method has
    a left-to-right decoder, and `eval vlm`, on the same task and images for every encoder.
 """
@@ -207,10 +208,10 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     base = {m: method_config(options.preset, m, options.overrides) for m in options.methods}
     warmup = min(base[options.methods[0]].warmup_steps, max(1, options.steps // 10))
-    for method, config in base.items():  # before any measurement: a clash is found at once
-        known_steps = options.steps if options.budget == "steps" else config.steps
-        check_same_run(method_config(options.preset, method, options.overrides, known_steps, warmup), out / method,
-                       ignore=() if options.budget == "steps" else ("steps",))
+    if options.budget == "steps":  # before any measurement, so that a clash is found at once
+        for method in options.methods:
+            check_same_run(method_config(options.preset, method, options.overrides, options.steps, warmup),
+                           run_dir(out, method, options.steps))
 
     costs_path = out / "costs.json"
     costs = _read_json(costs_path)
@@ -224,8 +225,9 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
 
     methods = {}
     for method, config in configs.items():
-        _log(f"{method}: {steps[method]} steps -> {out / method}")
-        training = train_method(config, out / method, options.progress)
+        directory = run_dir(out, method, steps[method])
+        _log(f"{method}: {steps[method]} steps -> {directory}")
+        training = train_method(config, directory, options.progress)
         _log(f"{method}: evaluating ({', '.join(options.evals) or 'nothing'}) ...")
         cost = costs["methods"][method]
         batch = config.batch_size
@@ -235,7 +237,7 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
             "peak_mem_bytes": cost["peak_mem_bytes"], "step_s": cost["step_s"],
             "train_flops": 3 * cost["forward_flops_per_image"] * batch * steps[method],
             "forward_gflops_per_image": cost["forward_flops_per_image"] / 1e9,
-            "loss": loss_curve(out / method), "evals": evaluate(out / method, options)}
+            "run": str(directory), "loss": loss_curve(directory), "evals": evaluate(directory, options)}
     ref = methods[options.methods[0]]
     ratios = {m: {"time_per_step": r["step_s"] / ref["step_s"], "memory": r["peak_mem_bytes"] / ref["peak_mem_bytes"],
                   "flops_per_image": r["forward_gflops_per_image"] / ref["forward_gflops_per_image"]}
@@ -246,6 +248,11 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
               "cost_measurement": {k: costs[k] for k in ("device", "precision", "shape", "rounds")},
               "differences": {k: {m: v for m, v in vals.items()} for k, vals in differences(configs).items()},
               "methods": methods, "ratios_vs_reference": ratios}
-    _write_json(out / "compare.json", result)
-    result["html"] = str(write_page(result, out))
+    name = "compare" if options.budget == "steps" else f"compare-{options.budget}"
+    _write_json(out / f"{name}.json", result)
+    result["html"] = str(write_page(result, out, "index.html" if options.budget == "steps" else f"{name}.html"))
     return result
+
+
+def run_dir(out: Path, method: str, steps: int) -> Path:
+    return out / f"{method}-{steps}steps"
