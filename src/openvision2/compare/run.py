@@ -8,8 +8,9 @@ Order of work, each part reused when OUT already holds it (so an interrupted com
    cost what --steps cost the first method (by the measured step time, or by the FLOPs per step);
 3. training: OUT/METHOD-STEPS is an ordinary run directory (`ov2 train --resume` semantics), so a
    run of the same method and steps is shared by the equal-steps and the equal-budget comparisons;
-4. evaluation: probes (linear, attentive, k-NN), zero-shot by caption likelihood where the method has
-   a left-to-right decoder, and `eval vlm`, on the same task and images for every encoder.
+4. evaluation: probes (linear, attentive, k-NN), zero-shot (by caption likelihood where the method has
+   a left-to-right decoder, CLIP's where it has a text tower: OpenVision 1) and `eval vlm`, on the same
+   task and images for every encoder.
 """
 
 from __future__ import annotations
@@ -174,9 +175,15 @@ def evaluate(run_dir: Path, options: CompareOptions) -> dict:
     if "probe" in options.evals:
         probes = run_probes(model, task, attentive_epochs=options.attentive_epochs)
         results.update({f"probe/{k}": v["accuracy"] for k, v in probes.items() if isinstance(v, dict)})
-    if "zeroshot" in options.evals and hasattr(getattr(model, "decoder", None), "forward_cached"):
-        zs = zero_shot(model, tokenizer, task.test.images, task.test.labels, task.prompts)
-        results.update({"zeroshot/top1": zs["top1"], "zeroshot/top5": zs["top5"]})
+    if "zeroshot" in options.evals:  # by caption likelihood (a left-to-right decoder) or CLIP's (a text tower)
+        zs = None
+        if hasattr(getattr(model, "decoder", None), "forward_cached"):
+            zs = zero_shot(model, tokenizer, task.test.images, task.test.labels, task.prompts)
+        elif hasattr(model, "text_encoder"):
+            from ..eval.clip_zeroshot import clip_zero_shot
+            zs = clip_zero_shot(model, tokenizer, task.test.images, task.test.labels, task.prompts)
+        if zs is not None:
+            results.update({"zeroshot/top1": zs["top1"], "zeroshot/top5": zs["top5"]})
     if "vlm" in options.evals:
         from ..vlm.evaluate import VLMOptions, evaluate_encoder, load_vqa
 
