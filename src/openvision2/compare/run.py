@@ -44,7 +44,7 @@ class CompareOptions:
     vlm_train_images: int = 2000
     vlm_test_images: int = 300
     vlm_stage1_steps: int = 150
-    vlm_stage2_steps: int = 600
+    vlm_stage2_steps: int = 1500
     rounds: int = 3
     progress: bool = True
 
