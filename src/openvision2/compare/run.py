@@ -44,7 +44,7 @@ class CompareOptions:
     vlm_train_images: int = 2000
     vlm_test_images: int = 300
     vlm_stage1_steps: int = 150
-    vlm_stage2_steps: int = 1500
+    vlm_stage2_steps: int = 600
     rounds: int = 3
     progress: bool = True
 
@@ -213,6 +213,7 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         raise UserError("--steps must be >= 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    options.overrides = pin_precision(options)
     base = {m: method_config(options.preset, m, options.overrides) for m in options.methods}
     warmup = min(base[options.methods[0]].warmup_steps, max(1, options.steps // 10))
     if options.budget == "steps":  # before any measurement, so that a clash is found at once
@@ -259,6 +260,21 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
     _write_json(out / f"{name}.json", result)
     result["html"] = str(write_page(result, out, "index.html" if options.budget == "steps" else f"{name}.html"))
     return result
+
+
+def pin_precision(options: CompareOptions) -> list[str]:
+    """precision=auto times a matmul to choose, which a busy machine can answer differently from one run
+    to the next: choose once, for every method."""
+    import torch
+
+    from ..precision import resolve_precision
+
+    if any(o.startswith("precision=") for o in options.overrides):
+        return options.overrides
+    config = method_config(options.preset, options.methods[0], options.overrides)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_precision(config.precision, device)
+    return [*options.overrides, f"precision={'bf16' if dtype == torch.bfloat16 else 'fp32'}"]
 
 
 def run_dir(out: Path, method: str, steps: int) -> Path:

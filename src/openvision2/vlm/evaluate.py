@@ -28,7 +28,7 @@ class VLMOptions:
     train_images: int = 2000
     test_images: int = 300
     stage1_steps: int = 150
-    stage2_steps: int = 1500
+    stage2_steps: int = 600
     stage1_lr: float = 1e-3
     stage2_lr: float = 1e-3
     batch_size: int = 32
