@@ -117,7 +117,9 @@ def write_page(result: dict, out: Path, name: str = "index.html") -> Path:
                  f"schedule. Costs: {measured['rounds']} interleaved rounds on {measured['device']} in "
                  f"{measured['precision']}, one worker process per method (bench/train_step.py); "
                  "training time = steps x that step time, so that the methods are compared under the same "
-                 "machine conditions; 'wall' is the time the runs actually took.</p>")
+                 "machine conditions; 'wall' is the time the runs actually took. Each loss curve is its "
+                 "method's own objective (OpenVision 1's adds the contrastive term and predicts the caption "
+                 "in parallel), so the curves compare in shape, not in level.</p>")
     parts.append(f"{LOADED_MARKER}</body></html>")
     page = out / name
     page.write_text("\n".join(parts), encoding="utf-8")
