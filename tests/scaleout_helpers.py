@@ -34,7 +34,8 @@ def tiny_config(**changes) -> TrainConfig:
 
 def overrides(config: TrainConfig) -> list[str]:
     """The config as `key=value` arguments for `ov2 train` (every field, so no preset leaks in)."""
-    return [f"{k}={v}" for k, v in asdict(config).items() if k not in ("tokenizer_path", "init_from", "text_encoder")]
+    return [f"{section}.{k}={v}" for section, values in asdict(config).items() for k, v in values.items()
+            if k not in ("tokenizer_path", "init_from", "text_encoder", "vocab_size", "pad_id", "mask_id")]
 
 
 def free_port() -> int:

@@ -6,34 +6,22 @@ from PIL import Image
 
 from openvision2.cli import main
 
-TINY = ["encoder=mu/8", "decoder=mu", "image_size=32", "text_len=32", "train_samples=256", "val_samples=8",
-        "batch_size=8", "warmup_steps=2", "eval_every=3", "ckpt_every=3", "show_captions=2", "num_workers=0",
-        "precision=fp32"]
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--out", str(out), "--steps", "4", "--no-progress", *TINY]) == 0
-    return out
-
-
-def test_train_writes_metrics_and_a_self_contained_checkpoint(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+def test_train_writes_metrics_and_a_self_contained_checkpoint(tiny_run):
+    lines = (tiny_run / "metrics.jsonl").read_text().splitlines()
     assert any('"val_loss"' in line for line in lines) and any('"images_per_s"' in line for line in lines)
-    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    latest = (tiny_run / "checkpoints" / "latest").read_text().strip()
     assert latest == "step-0000004"
-    ckpt = run_dir / "checkpoints" / latest
+    ckpt = tiny_run / "checkpoints" / latest
     assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "config.json", "tokenizer.json",
                                                 "tokenizer_config.json"}
-    assert len(list((run_dir / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints prunes older ones
+    assert len(list((tiny_run / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints prunes older ones
 
 
-def test_caption_command(run_dir, tmp_path, capsys):
+def test_caption_command(tiny_run, tmp_path, capsys):
     path = tmp_path / "shapes.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(path)
     capsys.readouterr()
-    assert main(["caption", "--checkpoint", str(run_dir), str(path)]) == 0
+    assert main(["caption", "--checkpoint", str(tiny_run), str(path)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{path}\t")
 
@@ -70,9 +58,63 @@ def test_missing_or_unreadable_checkpoint(tmp_path, capsys):
     assert "cannot read checkpoint" in one_line_error(["caption", "--checkpoint", str(tmp_path), "a.png"], capsys)
 
 
-def test_missing_or_unreadable_image(run_dir, tmp_path, capsys):
-    err = one_line_error(["caption", "--checkpoint", str(run_dir), str(tmp_path / "none.png")], capsys)
+def test_missing_or_unreadable_image(tiny_run, tmp_path, capsys):
+    err = one_line_error(["caption", "--checkpoint", str(tiny_run), str(tmp_path / "none.png")], capsys)
     assert "does not exist" in err
     bad = tmp_path / "bad.png"
     bad.write_text("this is not an image")
-    assert "cannot read image" in one_line_error(["caption", "--checkpoint", str(run_dir), str(bad)], capsys)
+    assert "cannot read image" in one_line_error(["caption", "--checkpoint", str(tiny_run), str(bad)], capsys)
+
+
+def _parsers(parser, path=("ov2",)):
+    """(path, parser) for ov2 and every command and target under it."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_flag_has_help_and_every_target_a_description():
+    import argparse
+
+    from openvision2.cli import build_parser
+
+    for path, parser in _parsers(build_parser()):
+        assert parser.description, " ".join(path)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                listed = {choice.dest for choice in action._choices_actions}
+                assert all(choice.help for choice in action._choices_actions), " ".join(path)
+                # the one unlisted entry is the old top-level caption-accuracy
+                assert set(action.choices) - listed <= {"caption-accuracy"}, " ".join(path)
+            elif action.help != argparse.SUPPRESS:
+                assert action.help, f"{' '.join(path)} {action.option_strings or action.dest}"
+
+
+def test_old_flag_names_are_hidden_aliases(capsys):
+    import json
+
+    assert main(["flops", "--encoder", "S/16", "--image-size", "64", "--json"]) == 0
+    new = json.loads(capsys.readouterr().out)
+    assert main(["flops", "--model", "S/16", "--res", "64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == new and new["image_size"] == 64
+    with pytest.raises(SystemExit):
+        main(["flops", "--help"])
+    text = capsys.readouterr().out
+    assert "--image-size" in text and "--res" not in text and "--model" not in text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "caption-accuracy" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == "ov2 0.1.0"
+
+
+def test_eval_task_names_match_the_tasks():
+    from openvision2.commands.eval import TASKS
+    from openvision2.eval.tasks import TASKS as KNOWN
+
+    assert TASKS == KNOWN

@@ -53,7 +53,7 @@ def test_compare_refuses_other_settings_in_the_same_out(compared, capsys):
     argv = ["compare", "--methods", "openvision2", "--steps", "3", "--out", str(compared), *SMALL_EVALS, *TINY,
             "seed=1"]
     assert main(argv) == 2
-    assert "holds a run with other settings (seed=0 there, 1 now)" in capsys.readouterr().err
+    assert "holds a run with other settings (run.seed=0 there, 1 now)" in capsys.readouterr().err
 
 
 def test_budgets_give_each_method_the_reference_cost():

@@ -8,33 +8,19 @@ import torch
 from openvision2.checkpoint import save_checkpoint
 from openvision2.cli import main
 from openvision2.data import synthetic
-from openvision2.data.synthetic import SyntheticCaptions
 from openvision2.eval.caption_metrics import caption_metrics, cider_bleu, perplexity
 from openvision2.eval.periodic import run_evals
 from openvision2.eval.probe import attentive_probe, knn_accuracy, linear_probe
 from openvision2.eval.tasks import load_task, synthetic_captions
 from openvision2.eval.zeroshot import class_scores, prompt_log_likelihoods, topk_accuracy, zero_shot
-from openvision2.models import ModelConfig, OpenVision2
+from openvision2.models import OpenVision2
 from openvision2.preprocess import normalize
-from openvision2.tokenizer import CaptionTokenizer
 from openvision2.train.config import TrainConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def setup(_one_thread):
-    tokenizer = CaptionTokenizer.train_bpe(SyntheticCaptions(300, image_size=32).captions(), vocab_size=64)
-    torch.manual_seed(0)
-    model = OpenVision2(ModelConfig(encoder="mu/8", decoder="mu", image_size=32, vocab_size=tokenizer.vocab_size,
-                                    text_len=24)).eval()
-    return model, tokenizer
+@pytest.fixture
+def setup(tiny_model):
+    return tiny_model
 
 
 def teacher_forced(model, tokenizer, image, text):
@@ -161,25 +147,24 @@ def test_periodic_evals_return_flat_numbers(setup):
     model, tokenizer = setup
     config = TrainConfig(encoder="mu/8", decoder="mu", image_size=32, text_len=24, eval_images=12,
                          evals="zeroshot,captions,probe")
-    metrics = run_evals(model, tokenizer, config, attentive_epochs=2)
+    metrics = run_evals(model, tokenizer, config.eval, attentive_epochs=2)
     assert set(metrics) == {"zeroshot/top1", "zeroshot/top5", "captions/cider", "captions/bleu4",
                             "captions/perplexity", "captions/exact_match", "probe/linear", "probe/attentive",
                             "probe/knn"}
     assert all(isinstance(v, float) for v in metrics.values())
     assert 0 <= metrics["zeroshot/top1"] <= metrics["zeroshot/top5"] <= 1
     assert model.training is False
-    assert run_evals(model, tokenizer, config, evals="") == {}
+    assert run_evals(model, tokenizer, config.eval, evals="") == {}
 
 
-def test_eval_cli_prints_one_json_object(setup, tmp_path, capsys):
-    model, tokenizer = setup
-    save_checkpoint(tmp_path / "ckpt", model, tokenizer)
+def test_eval_cli_prints_one_json_object(tiny_checkpoint_dir, tmp_path, capsys):
+    (tmp_path / "ckpt").symlink_to(tiny_checkpoint_dir)
     assert main(["eval", "zeroshot", "--checkpoint", str(tmp_path / "ckpt"), "--test-images", "6",
                  "--task", "synthetic-colour", "--vs-random", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["task"] == "synthetic-colour" and result["trained"]["num_classes"] == 6
     assert set(result) == {"task", "reduce", "trained", "random_init"}
-    assert main(["eval", "captions", "--checkpoint", str(tmp_path / "ckpt"), "--images", "3", "--decoding", "beam",
+    assert main(["eval", "captions", "--checkpoint", str(tmp_path / "ckpt"), "--caption-images", "3", "--decoding", "beam",
                  "--beam-size", "2", "--show", "1", "--json"]) == 0
     assert "cider" in json.loads(capsys.readouterr().out)
     assert main(["eval", "speed", "--checkpoint", str(tmp_path / "ckpt"), "--batch-size", "2", "--new-tokens", "3",

@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from openvision2.cli import main
-from openvision2.flops import PUBLISHED_GFLOPS, Shape, count, default_decoder, encoder_count
+from openvision2.flops import PUBLISHED_GFLOPS, count, default_decoder, encoder_count
 from openvision2.models import ModelConfig, OpenVision2, create_encoder
 from openvision2.models.cappa import CapPa, CapPaConfig
 from openvision2.models.openvision1 import OpenVision1, OpenVision1Config
@@ -18,7 +18,7 @@ from openvision2.models.openvision1 import OpenVision1, OpenVision1Config
 @pytest.mark.parametrize("key", list(PUBLISHED_GFLOPS))
 def test_reproduces_the_papers_flops_per_image_within_3_percent(key):
     method, encoder, res = key
-    gflops = count(Shape(method, encoder, default_decoder(encoder), res)).total_flops / 1e9
+    gflops = count(ModelConfig(method=method, encoder=encoder, decoder=default_decoder(encoder), image_size=res)).total_flops / 1e9
     assert abs(gflops / PUBLISHED_GFLOPS[key] - 1) < 0.03, (key, gflops)
 
 
@@ -31,7 +31,7 @@ def test_published_figures_and_assumed_decoders_are_the_specs():
 
 def test_spec_worked_example_parts():
     """SPEC §5.4: OV2-L/14@224 = encoder 162.0 + decoder 38.4 + projection 0.14 + head 6.24."""
-    parts = count(Shape("openvision2", "L/14", "L", 224)).flops
+    parts = count(ModelConfig(method="openvision2", encoder="L/14", decoder="L", image_size=224)).flops
     assert parts["encoder"] / 1e9 == pytest.approx(162.0, abs=0.1)
     assert parts["decoder"] / 1e9 == pytest.approx(38.4 + 0.14, abs=0.1)
     assert parts["vocab_head"] / 1e9 == pytest.approx(6.24, abs=0.01)
@@ -52,25 +52,25 @@ def test_encoder_parameter_counts_match_the_family(encoder, low, high):
 def test_full_size_parameter_counts_equal_the_built_models(method):
     model = (OpenVision2(ModelConfig(), device="meta") if method == "openvision2"
              else OpenVision1(OpenVision1Config(), device="meta"))
-    assert count(Shape(method, "L/14", "L", 224)).total_params == sum(p.numel() for p in model.parameters())
+    assert count(ModelConfig(method=method, encoder="L/14", decoder="L", image_size=224)).total_params == sum(p.numel() for p in model.parameters())
 
 
 def _tiny(method):
     kw = dict(encoder="mu/8", decoder="mu", image_size=32, vocab_size=60, text_len=12)
     if method == "openvision2":
-        return OpenVision2(ModelConfig(**kw)), Shape(method, "mu/8", "mu", 32, vocab_size=60, text_len=12)
+        return OpenVision2(ModelConfig(**kw)), ModelConfig(method=method, **kw), 1
     if method == "cappa":
         return (CapPa(CapPaConfig(**kw, text_pos="learned")),
-                Shape(method, "mu/8", "mu", 32, vocab_size=60, text_len=12, text_pos=True))
+                ModelConfig(method=method, **kw, text_pos="learned"), 1)
     return (OpenVision1(OpenVision1Config(**kw, text_encoder="mu", alt_text_len=8)),
-            Shape(method, "mu/8", "mu", 32, vocab_size=60, text_len=12, alt_text_len=8, text_passes=2))
+            ModelConfig(method=method, **kw, alt_text_len=8), 2)
 
 
 @pytest.mark.parametrize("method", ["openvision2", "cappa", "openvision1"])
 def test_analytic_count_equals_torchs_flop_counter(method):
     """The model's real forward, counted by torch (math attention, so attention is counted too), is
     the analytic figure; OpenVision 1 adds only its B x B contrastive logits."""
-    model, shape = _tiny(method)
+    model, shape, text_passes = _tiny(method)
     model.train()
     batch = 2
     inputs = [torch.randn(batch, 3, 32, 32), torch.randint(3, 60, (batch, 12))]
@@ -78,7 +78,7 @@ def test_analytic_count_equals_torchs_flop_counter(method):
         inputs += [torch.randint(3, 60, (batch, 8)), torch.randint(3, 60, (batch, 8))]
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         model(*inputs)
-    expected = count(shape)
+    expected = count(shape, text_passes)
     assert expected.total_params == sum(p.numel() for p in model.parameters())
     contrastive = 2 * 2 * (2 * batch * batch * 32) if method == "openvision1" else 0  # 2 sets x 2 directions
     assert counter.get_total_flops() == batch * expected.total_flops + contrastive

@@ -9,31 +9,14 @@ from PIL import Image
 from openvision2.data.synthetic import SyntheticCaptions
 from openvision2.errors import UserError
 from openvision2.generate import caption, filter_logits, generate, greedy_caption
-from openvision2.models import ModelConfig, OpenVision2
 from openvision2.models.decoder import CaptionDecoder
 from openvision2.models.registry import decoder_size
 from openvision2.preprocess import normalize
-from openvision2.tokenizer import CaptionTokenizer
-
-TEXT_LEN = 12
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: a second intra-op thread only adds synchronisation (10x slower on a loaded 2-core box)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def setup(_one_thread):
+def setup(tiny_model):
     data = SyntheticCaptions(4, split="val", image_size=32)
-    tokenizer = CaptionTokenizer.train_bpe(SyntheticCaptions(200, image_size=32).captions(), vocab_size=48)
-    torch.manual_seed(0)
-    model = OpenVision2(ModelConfig(encoder="mu/8", decoder="mu", image_size=32, vocab_size=tokenizer.vocab_size,
-                                    text_len=TEXT_LEN)).eval()
+    model, tokenizer = tiny_model
     images = torch.stack([data[i]["image"] for i in range(4)])
     return model, tokenizer, images
 

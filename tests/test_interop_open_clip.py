@@ -138,7 +138,7 @@ def test_import_refuses_open_clip_sincos_ordering(tmp_path):
 def test_open_clip_export_loads_with_upstream_create_model(tmp_path, options):
     model, _ = tiny_checkpoint(tmp_path / "ckpt", **options)
     out = export_checkpoint(tmp_path / "ckpt", "open_clip", tmp_path / "oc")
-    assert sorted(p.name for p in out.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "open_clip_config.json", "open_clip_model.safetensors"]
 
     clip, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     clip.eval()

@@ -19,7 +19,7 @@ from interop_fixtures import IMAGE_SIZE, TOL, images, max_diff, tiny_checkpoint
 def test_timm_local_dir_matches_our_encoder(tmp_path, options):
     model, _ = tiny_checkpoint(tmp_path / "ckpt", **options)
     out = export_checkpoint(tmp_path / "ckpt", "timm", tmp_path / "timm")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
 
     tower = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     x = images()
@@ -54,7 +54,7 @@ def test_export_cli_json_and_refusals(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "timm",
                  "--out", str(tmp_path / "t"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["files"] == ["config.json", "model.safetensors"]
+    assert report["files"] == ["README.md", "config.json", "model.safetensors"]
     # a non-empty --out is refused as one line, and leaves the directory alone
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--format", "timm",
                  "--out", str(tmp_path / "t")]) == 2

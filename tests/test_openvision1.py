@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from openvision2.contrastive import contrastive_loss
+from openvision2.models.contrastive import contrastive_loss
 from openvision2.data.build import CaptionCollate, sub_caption
 from openvision2.data.synthetic import SyntheticCaptions
 from openvision2.errors import UserError
 from openvision2.models.cappa import CapPa, CapPaConfig, parallel_attention_mask
 from openvision2.models.decoder import attention_mask
+from openvision2.models.losses import objective
 from openvision2.models.openvision1 import OpenVision1, OpenVision1Config
 from openvision2.tokenizer import CaptionTokenizer
 
@@ -36,9 +37,11 @@ def test_total_is_one_contrastive_plus_two_caption_after_the_loops_scaling():
     out = model(*batch())
     caption = out["nll_sum"] / out["num_tokens"]
     assert torch.allclose(out["caption_loss"], caption, atol=1e-6)
-    assert torch.allclose(out["total_loss"], out["contrastive_loss"] + 2 * out["caption_loss"])
-    # the training loop backpropagates out["loss"] * caption_loss_weight (2.0)
-    assert torch.allclose(out["loss"] * 2.0, out["total_loss"])
+    assert torch.allclose(out["loss"], caption, atol=1e-6)
+    assert torch.allclose(out["aux_loss"], 1.0 * out["contrastive_loss"])  # clip_loss_weight 1, already applied
+    # the training loop's objective (caption_loss_weight 2.0, the token count of this one batch)
+    total = objective(out, 2.0, 1 / out["num_tokens"])
+    assert torch.allclose(total, out["contrastive_loss"] + 2 * out["caption_loss"])
     assert out["num_tokens"] == B * (TEXT - 2)  # no pads in the batch: every target but the [CLS] one
     assert math.isclose(out["logit_scale"].item(), 1 / 0.07, rel_tol=1e-5)
 
@@ -103,7 +106,7 @@ def test_ov1_learns_on_the_embedded_dataset():
     first = model(images, captions, alt, sub)
     for _ in range(30):
         out = model(images, captions, alt, sub)
-        (out["loss"] * 2).backward()
+        objective(out, 2.0, 1 / out["num_tokens"]).backward()
         opt.step()
         opt.zero_grad()
     assert out["caption_loss"] < 0.7 * first["caption_loss"]
@@ -164,8 +167,8 @@ def test_cappa_keeps_every_token_and_parallel_prediction_uses_mask_ids():
                       parallel_prob=1.0, text_pos="learned", mask_id=4)
     model = CapPa(cfg).train()
     seen = {}
-    model.decoder.register_forward_pre_hook(lambda m, args, kwargs: seen.update(args=args, kwargs=kwargs),
-                                            with_kwargs=True)
+    hidden = model.decoder.hidden
+    model.decoder.hidden = lambda *args, **kwargs: seen.update(args=args, kwargs=kwargs) or hidden(*args, **kwargs)
     images, captions, _, _ = batch()
     out = model(images, captions)
     visual, inputs = seen["args"]
@@ -200,11 +203,13 @@ def test_factory_builds_each_method_from_presets():
     for name, kind in (("tiny-cpu-ov1", OpenVision1), ("tiny-cpu-cappa", CapPa)):
         config = get_preset(name)
         config.encoder, config.decoder, config.text_encoder = "mu/8", "mu", "mu"
-        model = build_model(config, tok)
-        assert isinstance(model, kind)
-    cappa = build_model(get_preset("tiny-cpu-cappa"), tok)
+        model = build_model(config.model, tok)
+        assert isinstance(model, kind) and model.config.method == config.method
+    cappa = build_model(get_preset("tiny-cpu-cappa").model, tok)
     assert cappa.config.keep_ratio == 1.0 and cappa.config.mask_id == tok.tokenizer.token_to_id("[UNK]")
-    assert build_model(get_preset("tiny-cpu-ov1"), tok).config.caption_loss_weight == 2.0
+    # the loop weights the caption loss by the run's caption_loss_weight; OV1 adds its weighted contrastive
+    assert get_preset("tiny-cpu-ov1").caption_loss_weight == 2.0
+    assert build_model(get_preset("tiny-cpu-ov1").model, tok).config.clip_loss_weight == 1.0
 
 
 def _gather_worker(rank, world, port, path):

@@ -37,15 +37,7 @@ def assert_weights_close(other: dict, reference: dict, label: str, lr_bound: flo
         torch.testing.assert_close(got, tensor, rtol=0, atol=WEIGHT_ATOL, msg=f"{label} {name}")
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_ddp_and_fsdp_follow_one_process(tmp_path, one_thread):
+def test_ddp_and_fsdp_follow_one_process(tmp_path):
     single = tiny_config(grad_accum=4)  # 1 rank x 4 micro-batches of 2
     train(single, tmp_path / "single", progress=False)
     jobs = [(asdict(tiny_config(parallel=kind, grad_accum=2)), str(tmp_path / kind)) for kind in ("ddp", "fsdp")]
@@ -69,7 +61,7 @@ def test_ddp_and_fsdp_follow_one_process(tmp_path, one_thread):
     assert sorted(meta_curve) == [1, 2] and all(map(lambda v: v == v and v < 100, meta_curve.values()))
 
 
-def test_gradient_accumulation_is_exact(tmp_path, one_thread):
+def test_gradient_accumulation_is_exact(tmp_path):
     """One batch of 8 == 4 micro-batches of 2: the loss is normalised by the step's token count.
     (keep_ratio 1: token masks are drawn per micro-batch, so different micro-batch sizes draw different ones.)"""
     train(tiny_config(steps=4, keep_ratio=1.0), tmp_path / "whole", progress=False)
@@ -132,7 +124,7 @@ def test_g14_shards_from_meta_without_materialising(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["full", "selective"])
-def test_activation_checkpointing_changes_memory_not_results(tmp_path, mode, one_thread):
+def test_activation_checkpointing_changes_memory_not_results(tmp_path, mode):
     train(tiny_config(steps=3), tmp_path / "plain", progress=False)
     train(tiny_config(steps=3, activation_checkpointing=mode), tmp_path / mode, progress=False)
     plain, checkpointed = losses(tmp_path / "plain"), losses(tmp_path / mode)

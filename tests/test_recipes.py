@@ -53,7 +53,7 @@ def test_cpu_recipe_runs_both_stages_and_chains_weights(tmp_path):
     expected = evaluate_loss(model, val, torch.device("cpu"), torch.float32)
     records = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
     assert records[0] == {"step": 0, "val_loss": pytest.approx(expected, rel=1e-6)}
-    assert json.loads((second / "config.json").read_text())["init_from"] == str(first)
+    assert json.loads((second / "config.json").read_text())["run"]["init_from"] == str(first)
     # A fresh optimizer and schedule: stage 2's first step runs at LR 0 (warmup from 0), as stage 1's did.
     assert [r["lr"] for r in records if "lr" in r][0] == 0.0
 

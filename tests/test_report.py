@@ -6,33 +6,22 @@ import shutil
 import subprocess
 
 import pytest
-import torch
 
 from openvision2.checkpoint import mark_latest, save_checkpoint
 from openvision2.cli import main
-from openvision2.data.synthetic import SyntheticCaptions
 from openvision2.eval.report import build_report, read_metrics
 from openvision2.models import OpenVision2
-from openvision2.tokenizer import CaptionTokenizer
 from openvision2.train.config import TrainConfig
 
 NUM_IMAGES = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, _one_thread):
+def run_dir(tmp_path_factory, tiny_tokenizer):
     """A run directory as `ov2 train` leaves it: config.json, metrics.jsonl, checkpoints/latest."""
     run = tmp_path_factory.mktemp("run")
     config = TrainConfig(encoder="mu/8", decoder="mu", image_size=32, text_len=24, tokenizer="bpe", steps=30)
-    tokenizer = CaptionTokenizer.train_bpe(SyntheticCaptions(300, image_size=32).captions(), vocab_size=64)
+    tokenizer = tiny_tokenizer
     model = OpenVision2(config.model_config(tokenizer.vocab_size, tokenizer.pad_id))
     save_checkpoint(run / "checkpoints" / "step-0000030", model, tokenizer, {"step": 30, "train": config.to_dict()})
     mark_latest(run / "checkpoints", "step-0000030")

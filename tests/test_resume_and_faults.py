@@ -27,24 +27,10 @@ def resumable_config(**changes):
     return tiny_config(steps=STEPS, ckpt_every=2, keep_checkpoints=2, **changes)
 
 
-@pytest.fixture
-def one_thread():
-    # Bitwise comparisons need the same GEMM blocking in every run, so every run uses one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(resumable_config(), out, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    train(resumable_config(), out, progress=False)
     return out
 
 
@@ -93,7 +79,7 @@ def assert_same_run(out: Path, reference: Path) -> None:
     assert losses(out) == losses(reference)  # every step's loss, bitwise, including those replayed
 
 
-def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, uninterrupted, one_thread):
+def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, uninterrupted):
     kill_at = random.randint(3, STEPS - 4)  # after the step-2 checkpoint, well before the run ends
     print(f"SIGKILL after step {kill_at} was logged")
     process = start_child(resumable_config(), tmp_path)
@@ -105,7 +91,7 @@ def test_sigkill_at_a_random_step_then_resume_is_exact(tmp_path, uninterrupted, 
     assert_same_run(tmp_path, uninterrupted)
 
 
-def test_kill_during_a_checkpoint_save_resumes_from_the_previous(tmp_path, uninterrupted, one_thread, capsys):
+def test_kill_during_a_checkpoint_save_resumes_from_the_previous(tmp_path, uninterrupted, capsys):
     process = start_child(resumable_config(), tmp_path, kill_in_save_at=6)
     process.join(timeout=120)
     assert process.exitcode == -signal.SIGKILL
@@ -121,7 +107,7 @@ def test_kill_during_a_checkpoint_save_resumes_from_the_previous(tmp_path, unint
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-0000010", "step-0000012"]  # pruned to 2
 
 
-def test_sigterm_writes_a_checkpoint_and_returns(tmp_path, one_thread):
+def test_sigterm_writes_a_checkpoint_and_returns(tmp_path):
     process = start_child(tiny_config(steps=500, ckpt_every=1000), tmp_path)
     wait_for_step(tmp_path, 2, process)
     os.kill(process.pid, signal.SIGTERM)
@@ -134,7 +120,7 @@ def test_sigterm_writes_a_checkpoint_and_returns(tmp_path, one_thread):
     assert torch.load(latest / "rank-00000.pt", weights_only=True)["step"] == summary["step"]
 
 
-def test_elastic_restart_resumes_by_itself(tmp_path, monkeypatch, one_thread):
+def test_elastic_restart_resumes_by_itself(tmp_path, monkeypatch):
     train(tiny_config(steps=4, ckpt_every=2), tmp_path, progress=False)
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")  # what torchrun sets in a restarted worker
     train(tiny_config(steps=6, ckpt_every=2), tmp_path, progress=False)

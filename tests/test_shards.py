@@ -175,16 +175,16 @@ def test_build_from_config_and_train_batches(shards):
     config = TrainConfig(dataset="shards", train_shards=f"{directory}/s-{{000000..000004}}.tar",
                          val_shards=shards[5], image_size=SIZE, batch_size=8, grad_accum=2, num_workers=0,
                          val_samples=4)
-    train, val = build_from_config(config, "train"), build_from_config(config, "val")
+    train, val = build_from_config(config.data, "train", SIZE), build_from_config(config.data, "val", SIZE)
 
     def collate(samples):
         return {"images": torch.stack([s["image"] for s in samples]), "texts": [s["caption"] for s in samples]}
 
-    batches = train_batches(config, train, collate)
+    batches = train_batches(config.data, train, collate, batch_size=config.batch_size, micro_batches=config.grad_accum)
     batch = next(iter(batches))
     assert batch["images"].shape == (4, 3, SIZE, SIZE)  # batch 8 in 2 micro-batches
     assert set(batches.state_dict()) == {"num_slots", "slots"}
     held_out = fixed_batch(val, collate, config.val_samples)
     assert held_out["texts"] == [f"caption {i}" for i in range(50, 54)]
     with pytest.raises(UserError):
-        build_from_config(TrainConfig(dataset="shards"), "train")
+        build_from_config(TrainConfig(dataset="shards").data, "train", SIZE)

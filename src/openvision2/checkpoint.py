@@ -11,11 +11,13 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import UserError
+from .methods import build_model
 from .models import ModelConfig, OpenVision2
 from .tokenizer import CONFIG_FILE as TOKENIZER_CONFIG, CaptionTokenizer
 
@@ -63,24 +65,42 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise UserError(f"no checkpoint in {path}: expected {WEIGHTS} or a checkpoints/latest pointer")
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[OpenVision2, CaptionTokenizer, dict]:
-    """(model in eval mode, tokenizer, the checkpoint's config.json) from a checkpoint or run directory."""
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: `.model` (eval mode), `.tokenizer` (None for an encoder-only import) and
+    `.config` (its config.json). Still unpacks as `model, tokenizer, meta = load_checkpoint(...)`."""
+
+    model: torch.nn.Module
+    tokenizer: CaptionTokenizer | None
+    config: dict
+
+    def caption(self, images, **options) -> list[str]:
+        """Captions for PIL images or image tensors; options as generate.generate's (greedy by default)."""
+        from .generate import caption
+
+        return caption(self.model, self.tokenizer, images, **options)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Checkpoint(model in eval mode, tokenizer, the checkpoint's config.json) from a checkpoint
+    directory, a run's checkpoints/ directory or a run directory."""
     directory = resolve_checkpoint(path)
     try:
         meta = json.loads((directory / CONFIG).read_text())
         state = load_file(directory / WEIGHTS, device=str(device))
     except Exception as err:  # OSError, JSONDecodeError, SafetensorError: all mean an unreadable checkpoint
         raise UserError(f"cannot read checkpoint {directory}: {err}") from None
-    if meta["model"].get("method") == "openvision1":  # the SPEC §6 baseline (models/openvision1.py)
-        from .models.openvision1 import OpenVision1, OpenVision1Config
-
-        model = OpenVision1(OpenVision1Config.from_dict(meta["model"]), device="meta")
-    else:
-        model = OpenVision2(ModelConfig.from_dict(meta["model"]), device="meta")
+    # config.json's model section names its method (methods.py); one written before methods were
+    # recorded has none, and is OpenVision 2's (a CapPa model's weights are OpenVision 2's too).
+    model = build_model(ModelConfig.from_dict(meta["model"]), device="meta")
     model.load_state_dict(state, assign=True)
     # An encoder-only checkpoint (decoder "none", from `ov2 import`) may come without a tokenizer.
     has_tokenizer = model.decoder is not None or (directory / TOKENIZER_CONFIG).is_file()
-    return model.to(device).eval(), CaptionTokenizer.load(directory) if has_tokenizer else None, meta
+    return Checkpoint(model.to(device).eval(), CaptionTokenizer.load(directory) if has_tokenizer else None, meta)
+
+
+def from_pretrained(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """The Hugging Face-style entry point: openvision2.from_pretrained("runs/a").caption([image])."""
+    return load_checkpoint(path, device)
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:

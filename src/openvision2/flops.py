@@ -34,10 +34,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import UserError
-from .models.masking import check_keep_ratio, num_kept
+from .models.config import ModelConfig
+from .models.masking import num_kept
 from .models.registry import DECODER_SIZES, Size, decoder_size, parse_encoder_name
 
-METHODS = ("openvision2", "openvision1", "cappa")
 PARTS = ("encoder", "text_encoder", "decoder", "vocab_head")
 
 
@@ -65,32 +65,11 @@ def transformer_flops(size: Size, tokens: int) -> int:
 
 
 @dataclass
-class Shape:
-    method: str
-    encoder: str
-    decoder: str
-    image_size: int
-    keep_ratio: float = 0.35
-    text_len: int = 128  # caption sequence incl. [CLS]: text_len - 1 decoder positions
-    alt_text_len: int = 80
-    vocab_size: int = 32000
-    text_encoder: str = ""  # OpenVision 1; empty = the decoder's size
-    text_passes: int = 1  # texts per image through OpenVision 1's text encoder (2 in a training step)
-    text_pos: bool = False  # OpenVision 2 / CapPa decoder with learned text positions
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        check_keep_ratio(self.keep_ratio)
-        if self.image_size < 1:
-            raise UserError(f"image size must be positive, got {self.image_size}")
-
-
-@dataclass
 class Count:
-    """FLOPs and parameters of one model, per part."""
+    """FLOPs and parameters of one model (a ModelConfig; text_passes as count()'s), per part."""
 
-    shape: Shape
+    config: ModelConfig
+    text_passes: int = 1
     flops: dict[str, int] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)
     notes: dict[str, object] = field(default_factory=dict)
@@ -104,11 +83,13 @@ class Count:
         return sum(self.params.values())
 
     def to_dict(self) -> dict:
-        s = self.shape
+        from .methods import get_method
+
+        s = self.config
         return {
             "method": s.method, "encoder": s.encoder, "decoder": s.decoder, "image_size": s.image_size,
-            **({"text_encoder": s.text_encoder or s.decoder, "text_passes": s.text_passes}
-               if s.method == "openvision1" else {"keep_ratio": 1.0 if s.method == "cappa" else s.keep_ratio}),
+            **({"text_encoder": s.text_encoder or s.decoder, "text_passes": self.text_passes}
+               if get_method(s.method).has_text_encoder else {"keep_ratio": s.keep_ratio}),
             "gflops_per_image": self.total_flops / 1e9,
             "gflops_per_part": {k: v / 1e9 for k, v in self.flops.items()},
             "params": self.total_params,
@@ -131,40 +112,64 @@ def encoder_count(encoder: str, image_size: int) -> tuple[int, int, int, Size]:
     return flops, params, patches, size
 
 
-def count(shape: Shape) -> Count:
-    enc_flops, enc_params, patches, enc = encoder_count(shape.encoder, shape.image_size)
-    dec = decoder_size(shape.decoder)
-    result = Count(shape)
-    result.flops["encoder"], result.params["encoder"] = enc_flops, enc_params
-    vocab = shape.vocab_size
-    dec_stack_params = dec.depth * layer_params(dec) + 2 * dec.width  # blocks + final LayerNorm
+def count(config: ModelConfig, text_passes: int = 1) -> Count:
+    """The analytic count of a model, by its method (methods.py); text_passes: texts per image
+    through a text encoder (OpenVision 1: 1 as the paper counts, 2 in a training step)."""
+    from .methods import get_method
 
-    if shape.method in ("openvision2", "cappa"):
-        kept = patches if shape.method == "cappa" else num_kept(patches, shape.keep_ratio)
-        positions = shape.text_len - 1
-        result.flops["text_encoder"], result.params["text_encoder"] = 0, 0
-        result.flops["decoder"] = 2 * kept * enc.width * dec.width + transformer_flops(dec, kept + positions)
-        result.params["decoder"] = (vocab * dec.width + enc.width * dec.width + dec_stack_params
-                                    + (positions * dec.width if shape.text_pos else 0))
-        result.flops["vocab_head"] = 2 * positions * dec.width * vocab
-        result.notes["decoder_tokens"] = {"visual": kept, "text": positions}
-    else:
-        txt = decoder_size(shape.text_encoder or shape.decoder)
-        embed = txt.width
-        alt, queries = shape.alt_text_len, shape.text_len
-        text_flops = transformer_flops(txt, alt) + 2 * txt.width * embed
-        # the image embedding head belongs to the contrastive branch, counted with the text encoder
-        result.flops["text_encoder"] = shape.text_passes * text_flops + 2 * enc.width * embed
-        result.params["text_encoder"] = (vocab * txt.width + alt * txt.width + txt.depth * layer_params(txt)
-                                         + 2 * txt.width + txt.width * embed + enc.width * embed + 1)
-        prefix = patches + alt - 1
-        result.flops["decoder"] = (2 * patches * enc.width * dec.width + 2 * (alt - 1) * txt.width * dec.width
-                                   + transformer_flops(dec, prefix + queries))
-        result.params["decoder"] = (enc.width * dec.width + txt.width * dec.width + queries * dec.width
-                                    + dec_stack_params)
-        result.flops["vocab_head"] = 2 * queries * dec.width * vocab
-        result.notes["decoder_tokens"] = {"visual": patches, "alt_text": alt - 1, "queries": queries}
+    method = get_method(config.method)
+    config = method.model_config(config)
+    if config.image_size < 1:
+        raise UserError(f"image size must be positive, got {config.image_size}")
+    return method.flops(config, text_passes)
+
+
+def _start(config: ModelConfig, text_passes: int) -> tuple[Count, int, Size, Size, int]:
+    """The encoder's part of a count: (count so far, patches, encoder size, decoder size, vocab)."""
+    enc_flops, enc_params, patches, enc = encoder_count(config.encoder, config.image_size)
+    result = Count(config, text_passes)
+    result.flops["encoder"], result.params["encoder"] = enc_flops, enc_params
+    return result, patches, enc, decoder_size(config.decoder), config.vocab_size
+
+
+def _stack_params(dec: Size) -> int:
+    return dec.depth * layer_params(dec) + 2 * dec.width  # blocks + final LayerNorm
+
+
+def captioner_count(config: ModelConfig, text_passes: int = 1) -> Count:
+    """OpenVision 2 and CapPa: the decoder over the kept visual tokens and the caption positions."""
+    result, patches, enc, dec, vocab = _start(config, text_passes)
+    kept = num_kept(patches, config.keep_ratio)
+    positions = config.text_len - 1
+    result.flops["text_encoder"], result.params["text_encoder"] = 0, 0
+    result.flops["decoder"] = 2 * kept * enc.width * dec.width + transformer_flops(dec, kept + positions)
+    result.params["decoder"] = (vocab * dec.width + enc.width * dec.width + _stack_params(dec)
+                                + (positions * dec.width if config.text_pos == "learned" else 0))
+    result.flops["vocab_head"] = 2 * positions * dec.width * vocab
     result.params["vocab_head"] = dec.width * vocab
+    result.notes["decoder_tokens"] = {"visual": kept, "text": positions}
+    return result
+
+
+def openvision1_count(config: ModelConfig, text_passes: int = 1) -> Count:
+    """OpenVision 1: the text encoder and image head, and the query decoder over every patch."""
+    result, patches, enc, dec, vocab = _start(config, text_passes)
+    txt = decoder_size(config.text_encoder or config.decoder)
+    embed = config.embed_dim or txt.width
+    alt, queries = config.alt_text_len, config.text_len
+    text_flops = transformer_flops(txt, alt) + 2 * txt.width * embed
+    # the image embedding head belongs to the contrastive branch, counted with the text encoder
+    result.flops["text_encoder"] = text_passes * text_flops + 2 * enc.width * embed
+    result.params["text_encoder"] = (vocab * txt.width + alt * txt.width + txt.depth * layer_params(txt)
+                                     + 2 * txt.width + txt.width * embed + enc.width * embed + 1)
+    prefix = patches + alt - 1
+    result.flops["decoder"] = (2 * patches * enc.width * dec.width + 2 * (alt - 1) * txt.width * dec.width
+                               + transformer_flops(dec, prefix + queries))
+    result.params["decoder"] = (enc.width * dec.width + txt.width * dec.width + queries * dec.width
+                                + _stack_params(dec))
+    result.flops["vocab_head"] = 2 * queries * dec.width * vocab
+    result.params["vocab_head"] = dec.width * vocab
+    result.notes["decoder_tokens"] = {"visual": patches, "alt_text": alt - 1, "queries": queries}
     return result
 
 

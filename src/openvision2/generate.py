@@ -1,57 +1,31 @@
-"""Captioning from an OpenVision 2 model (the decoder sees all visual tokens at inference): the
-reference greedy_caption, and generate() with greedy, beam and top-k / top-p decoding on a key/value cache."""
+"""Captioning (the decoder sees all visual tokens at inference): generate() with greedy, beam and
+top-k / top-p decoding on a key/value cache, or a parallel decoder's argmax (OpenVision 1), by the
+model's method; greedy_caption and parallel_caption are its shorthands."""
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 import torch
 
 from .errors import UserError
-from .models import OpenVision2
+from .methods import AUTOREGRESSIVE, PARALLEL, method_of
 from .preprocess import normalize
 from .tokenizer import CaptionTokenizer
 
 
-@torch.no_grad()
-def greedy_caption(model: OpenVision2, tokenizer: CaptionTokenizer, images: torch.Tensor,
+def greedy_caption(model, tokenizer: CaptionTokenizer, images: torch.Tensor,
                    max_new_tokens: int | None = None) -> list[str]:
-    """uint8 images [B, 3, H, W] -> one caption each, decoding the argmax token until [eos]."""
-    if hasattr(model, "predict_caption_ids"):  # OpenVision 1: all positions at once, not left to right
-        return parallel_caption(model, tokenizer, images)
-    if getattr(model, "decoder", None) is None:  # an imported encoder-only checkpoint
-        model.require_decoder()
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    visual = model.visual_prefix(normalize(images.to(device)))
-    max_new_tokens = max_new_tokens or model.config.text_len - 2
-    ids = torch.full((images.shape[0], 1), tokenizer.bos_id, dtype=torch.long, device=device)
-    finished = torch.zeros(images.shape[0], dtype=torch.bool, device=device)
-    for _ in range(max_new_tokens):
-        next_id = model.decoder(visual, ids)[:, -1].argmax(dim=-1)
-        next_id = torch.where(finished, torch.full_like(next_id, tokenizer.pad_id), next_id)
-        ids = torch.cat([ids, next_id[:, None]], dim=1)
-        finished |= next_id == tokenizer.eos_id
-        if finished.all():
-            break
-    model.train(was_training)
-    return [tokenizer.decode(row[1:]) for row in ids.cpu()]
+    """uint8 images [B, 3, H, W] -> one caption each, the argmax token until [eos] (generate()'s greedy)."""
+    return generate(model, tokenizer, images, max_new_tokens=max_new_tokens).texts
 
 
-@torch.no_grad()
 def parallel_caption(model, tokenizer: CaptionTokenizer, images: torch.Tensor,
                      alt_texts: list[str] | None = None) -> list[str]:
-    """OpenVision 1's captioner: the argmax at each of its learned queries, from the image and an
-    alt-text (SPEC §6). Without alt-texts it is given empty ones, i.e. conditioned on the image only,
-    which is outside what it was trained on; pass the images' alt-texts where they exist."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    alt = tokenizer.encode(alt_texts or [""] * len(images), model.config.alt_text_len).to(device)
-    ids = model.predict_caption_ids(normalize(images.to(device)), alt)
-    model.train(was_training)
-    return [tokenizer.decode(row) for row in ids.cpu()]
+    """OpenVision 1's captions (generate()'s parallel decoding), conditioned on the images' alt-texts."""
+    return generate(model, tokenizer, images, alt_texts=alt_texts).texts
 
 
 # --- greedy, beam and top-k / top-p decoding, batched, with or without a key/value cache ----------
@@ -70,9 +44,10 @@ class Generation:
 
 
 def check_autoregressive(model) -> None:
-    if getattr(model, "decoder", None) is None and hasattr(model, "require_decoder"):
+    """A UserError unless the model captions left to right (its method's decoding, methods.py)."""
+    if model.decoder is None:
         model.require_decoder()
-    if not hasattr(getattr(model, "decoder", None), "forward_cached"):
+    if method_of(model).decoding != AUTOREGRESSIVE:
         raise UserError(f"{type(model).__name__} has no left-to-right caption decoder: "
                         "greedy/beam/sampled decoding and caption-likelihood scoring need one "
                         "(OpenVision 2 or CapPa checkpoints)")
@@ -139,13 +114,18 @@ def _check_options(strategy, beam_size, top_k, top_p, temperature, vocab_size) -
 def generate(model, tokenizer: CaptionTokenizer, images: torch.Tensor, *, strategy: str = "greedy",
              beam_size: int = 4, top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0,
              length_penalty: float = 0.0, max_new_tokens: int | None = None, use_cache: bool = True,
-             ignore_eos: bool = False, seed: int | None = None) -> Generation:
+             ignore_eos: bool = False, seed: int | None = None, alt_texts: list[str] | None = None) -> Generation:
     """Caption uint8 images [B, 3, H, W] by greedy, beam or sampled (top-k / top-p) decoding.
 
     Beam search keeps finished beams (they continue with [pad] at no cost) and ranks the final
     beams by log-likelihood / length**length_penalty (0: plain log-likelihood). ignore_eos decodes
-    exactly max_new_tokens for every image (for timing).
+    exactly max_new_tokens for every image (for timing). A method with parallel decoding (OpenVision
+    1) is greedy only, and reads the images' alt-texts (alt_texts; empty ones where not given).
     """
+    if method_of(model).decoding == PARALLEL:
+        if strategy != "greedy":
+            raise UserError("this checkpoint's decoder predicts every position at once: only greedy decoding")
+        return _parallel(model, tokenizer, images, alt_texts)
     check_autoregressive(model)
     _check_options(strategy, beam_size, top_k, top_p, temperature, model.config.vocab_size)
     was_training = model.training
@@ -171,6 +151,26 @@ def generate(model, tokenizer: CaptionTokenizer, images: torch.Tensor, *, strate
         model.train(was_training)
     tokens = [_strip(row, tokenizer) for row in ids[:, 1:].tolist()]
     return Generation(tokens, scores.tolist(), [tokenizer.decode(t) for t in tokens])
+
+
+@torch.no_grad()
+def _parallel(model, tokenizer: CaptionTokenizer, images: torch.Tensor, alt_texts: list[str] | None) -> Generation:
+    """OpenVision 1's captioner: the argmax at each of its learned queries, from the image and an
+    alt-text (SPEC §6). Without alt-texts it is given empty ones, i.e. conditioned on the image only,
+    which is outside what it was trained on; pass the images' alt-texts where they exist."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        alt = tokenizer.encode(alt_texts or [""] * len(images), model.config.alt_text_len).to(device)
+        _, patches = model.encode_image(normalize(images.to(device)))
+        log_probs = model.caption_logits(patches, alt).float().log_softmax(dim=-1)
+    finally:
+        model.train(was_training)
+    best, ids = log_probs.max(dim=-1)
+    tokens = [_strip(row, tokenizer) for row in ids.cpu().tolist()]
+    scores = [float(row[:len(t)].sum()) for row, t in zip(best.cpu(), tokens)]
+    return Generation(tokens, scores, [tokenizer.decode(t) for t in tokens])
 
 
 def _strip(row: list[int], tokenizer: CaptionTokenizer) -> list[int]:
@@ -269,3 +269,14 @@ def caption(model, tokenizer: CaptionTokenizer, images, batch_size: int = 32, **
     batch = as_uint8_batch(images, model.config.image_size)
     return [text for start in range(0, len(batch), batch_size)
             for text in generate(model, tokenizer, batch[start:start + batch_size], **options).texts]
+
+
+class _CallableModule(types.ModuleType):
+    """`openvision2.generate` is this module (a package attribute cannot be both a submodule and a
+    function), so calling the module calls generate()."""
+
+    def __call__(self, *args, **kwargs) -> Generation:
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

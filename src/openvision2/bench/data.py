@@ -12,6 +12,10 @@ augmentations:
 The cost is process CPU time (user + system), so images per CPU-second = images/s per core, and other
 processes on the machine do not distort it. Output statistics (per-channel mean and std on the 0-255
 scale) are printed beside the speed to show the two produce the same kind of images.
+
+`--shards SPEC...` reads a given source instead, local or remote (URLs, `pipe:` commands): the real
+pipeline, fetching included. Remote shards are fetched by a background thread, so its wall images/s
+is the figure to compare with the same shards read from disk (`--pipelines openvision2`).
 """
 
 from __future__ import annotations
@@ -31,10 +35,17 @@ SIZES = ((500, 375), (375, 500), (640, 480), (800, 600), (640, 427))
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--res", default="84,224", help="output resolutions, comma-separated (default: 84,224)")
+    from ..commands._options import add
+
+    add(parser, "--image-size", aliases=("--res",), dest="res", default="84,224",
+        help="output image sizes in pixels, comma-separated")
     parser.add_argument("--images", type=int, default=600, help="images timed per pipeline and resolution")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--shards", help="existing shards to read (default: generate photo-sized JPEG shards)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per batch")
+    parser.add_argument("--shards", nargs="+", metavar="SPEC", help="existing shards to read, local or remote "
+                        "(http(s)://, s3://, gs://, hf:// URLs, pipe: commands; brace patterns): the real pipeline "
+                        "from that source, fetching included (default: generate photo-sized JPEG shards)")
+    parser.add_argument("--shuffle-buffer", type=int, default=1000,
+                        help="samples shuffled together: also how many shards are fetched at once (default: 1000)")
     parser.add_argument("--keep", help="directory to write the generated shards to (default: a temporary one)")
     parser.add_argument("--pipelines", default="openvision2,open_clip", help="which pipelines to run")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -126,21 +137,26 @@ def _timed(batches, images: int, warmup: int = 1) -> tuple[float, float, list]:
     return time.process_time() - cpu, time.perf_counter() - wall, kept
 
 
-def run_openvision2(shards: list[str], res: int, images: int, batch_size: int) -> dict:
+def run_openvision2(shards: list[str], res: int, images: int, batch_size: int, shuffle_buffer: int = 1000) -> dict:
     import torch
 
     from ..data.augment import TrainAugment
     from ..data.shards import ShardDataset
 
-    dataset = ShardDataset(shards, TrainAugment(res), shuffle=True, shuffle_buffer=1000, batch_size=batch_size)
-    cpu, wall, batches = _timed((b["images"] for b in dataset), images)
+    dataset = ShardDataset(shards, TrainAugment(res), shuffle=True, shuffle_buffer=shuffle_buffer,
+                           batch_size=batch_size)
+    stream = iter(dataset)
+    try:
+        cpu, wall, batches = _timed((b["images"] for b in stream), images)
+    finally:
+        stream.close()  # ends the slot: its fetched shards are removed
     out = torch.cat(batches)
     return {"images_per_s_per_core": round(len(out) / cpu, 1), "wall_images_per_s": round(len(out) / wall, 1),
             "output": {"shape": list(out.shape[1:]), "dtype": str(out.dtype).removeprefix("torch."),
                        **_channel_stats(out)}}
 
 
-def run_open_clip(shards: list[str], res: int, images: int, batch_size: int) -> dict:
+def run_open_clip(shards: list[str], res: int, images: int, batch_size: int, shuffle_buffer: int = 1000) -> dict:
     import warnings
 
     import open_clip
@@ -158,7 +174,7 @@ def run_open_clip(shards: list[str], res: int, images: int, batch_size: int) -> 
     # webdataset's): shard list, tar -> samples, sample shuffle, PIL decode, transform, batch.
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(shards), wds.tarfile_to_samples(handler=wds.warn_and_continue),
-        wds.shuffle(bufsize=1000, initial=1000), wds.decode("pilrgb", handler=wds.warn_and_continue),
+        wds.shuffle(bufsize=shuffle_buffer, initial=shuffle_buffer), wds.decode("pilrgb", handler=wds.warn_and_continue),
         wds.rename(image="jpg;png;jpeg;webp", text="txt"), wds.map_dict(image=transform),
         wds.to_tuple("image", "text"), wds.batched(batch_size, partial=False))
 
@@ -185,7 +201,7 @@ def run(args) -> int:
     try:
         resolutions = [int(r) for r in args.res.split(",") if r.strip()]
     except ValueError:
-        raise UserError(f"--res {args.res!r}: give resolutions such as 84,224") from None
+        raise UserError(f"--image-size {args.res!r}: give sizes such as 84,224") from None
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     unknown = [n for n in names if n not in PIPELINES]
     if unknown or not names or not resolutions:
@@ -201,7 +217,8 @@ def run(args) -> int:
         if args.shards:
             from ..data.shards import expand_shards
 
-            shards, corpus = expand_shards(args.shards), {"shards": args.shards}
+            shards = [path for spec in args.shards for path in expand_shards(spec)]
+            corpus = {"shards": args.shards}
         else:
             directory = Path(args.keep or scratch)
             say(f"writing {args.images} photo-sized JPEGs into {directory} ...")
@@ -209,7 +226,7 @@ def run(args) -> int:
         results = {name: {"by_res": {}} for name in names}
         for res in resolutions:
             for name in names:
-                figures = PIPELINES[name](shards, res, args.images, args.batch_size)
+                figures = PIPELINES[name](shards, res, args.images, args.batch_size, args.shuffle_buffer)
                 results[name]["by_res"][str(res)] = figures
                 say(f"{res:4d} px  {name:12s} {figures['images_per_s_per_core']:8.1f} images/s per core "
                     f"(wall {figures['wall_images_per_s']:.1f}/s)  output {figures['output']}")

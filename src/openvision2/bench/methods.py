@@ -13,39 +13,43 @@ OpenVision 1 two 80-token texts. Token ids are random: the cost does not depend 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ..methods import all_methods, build_model as build_method_model
+from ..models.config import ModelConfig
+from ..models.losses import objective
 from ..models.registry import decoder_size, parse_encoder_name
+from ..options import option, with_default
 
-METHODS = ("openvision2", "openvision1", "cappa", "coca")
+METHODS = (*all_methods(), "coca")  # the registry's methods (methods.py) and open_clip's CoCa
 CAPTION_LOSS_WEIGHT = 2.0  # the release's weight, applied to every method's caption loss
 _BOS, _EOS, _CLS, _FIRST_WORD = 1, 2, 101, 999  # OpenVision's WordPiece ids (SPEC §3.1)
 
 
 @dataclass
-class BenchShape:
-    encoder: str = "S/16"
-    decoder: str = "S"
-    text_encoder: str = ""  # OpenVision 1 / CoCa text tower; empty = the decoder's size
-    image_size: int = 224
-    batch_size: int = 2
-    keep_ratio: float = 0.35
-    text_len: int = 128
-    alt_text_len: int = 80
-    vocab_size: int = 32000
+class BenchShape(ModelConfig):
+    """The shared shape: a ModelConfig (S/16 with the S decoder by default) and the batch size.
+    text_encoder is also CoCa's text tower; empty = the decoder's size."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    encoder: str = with_default(ModelConfig, "encoder", "S/16")
+    decoder: str = with_default(ModelConfig, "decoder", "S")
+    batch_size: int = option(2, "images per step", low=1)
 
 
 def check_method(method: str) -> str:
     if method not in METHODS:
         raise UserError(f"unknown bench method {method!r}: use some of {', '.join(METHODS)}")
     return method
+
+
+def batch_fields(method: str) -> tuple[str, ...]:
+    from ..methods import get_method
+
+    return () if method == "coca" else get_method(method).batch_fields
 
 
 def _token_rows(batch: int, length: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +63,7 @@ def make_batch(method: str, shape: BenchShape, batch_size: int, seed: int = 0) -
     generator = torch.Generator().manual_seed(seed)
     batch = {"images": torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator),
              "captions": _token_rows(batch_size, shape.text_len, shape.vocab_size, generator)}
-    if method == "openvision1":
+    if "alt_captions" in batch_fields(method):
         batch["alt_captions"] = _token_rows(batch_size, shape.alt_text_len, shape.vocab_size, generator)
         batch["sub_captions"] = _token_rows(batch_size, shape.alt_text_len, shape.vocab_size, generator)
     return batch
@@ -67,25 +71,9 @@ def make_batch(method: str, shape: BenchShape, batch_size: int, seed: int = 0) -
 
 def build_model(method: str, shape: BenchShape, device=None) -> nn.Module:
     check_method(method)
-    if method == "openvision2":
-        from ..models import ModelConfig, OpenVision2
-
-        return OpenVision2(ModelConfig(encoder=shape.encoder, decoder=shape.decoder, image_size=shape.image_size,
-                                       keep_ratio=shape.keep_ratio, vocab_size=shape.vocab_size,
-                                       text_len=shape.text_len), device=device)
-    if method == "cappa":
-        from ..models.cappa import CapPa, CapPaConfig
-
-        return CapPa(CapPaConfig(encoder=shape.encoder, decoder=shape.decoder, image_size=shape.image_size,
-                                 vocab_size=shape.vocab_size, text_len=shape.text_len), device=device)
-    if method == "openvision1":
-        from ..models.openvision1 import OpenVision1, OpenVision1Config
-
-        return OpenVision1(OpenVision1Config(
-            encoder=shape.encoder, text_encoder=shape.text_encoder or shape.decoder, decoder=shape.decoder,
-            image_size=shape.image_size, vocab_size=shape.vocab_size, text_len=shape.text_len,
-            alt_text_len=shape.alt_text_len, caption_loss_weight=CAPTION_LOSS_WEIGHT), device=device)
-    return build_coca(shape).to(device)
+    if method == "coca":
+        return build_coca(shape).to(device)
+    return build_method_model(replace(ModelConfig.from_dict(shape.to_dict()), method=method), device=device)
 
 
 def build_coca(shape: BenchShape) -> nn.Module:
@@ -123,7 +111,8 @@ class StepLoss:
     def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "images"}
         if self.method != "coca":
-            return model(batch["images"], **inputs)["loss"] * CAPTION_LOSS_WEIGHT
+            out = model(batch["images"], **inputs)
+            return objective(out, CAPTION_LOSS_WEIGHT, 1 / (out["num_tokens"] + 1e-8))
         out = model(batch["images"], batch["captions"])
         clip, caption = self.coca_loss(out["image_features"], out["text_features"], out["logits"], out["labels"],
                                        out["logit_scale"])

@@ -7,21 +7,9 @@ import time
 
 import torch
 
-# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendors' data sheets, by name fragment.
-KNOWN_PEAKS_TFLOPS = {
-    "bf16": {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 756.0,
-             "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0},
-}
+from ..hardware import KNOWN_PEAKS_TFLOPS, known_peak_tflops
 
-
-def known_peak_tflops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for fragment, peak in KNOWN_PEAKS_TFLOPS.get(precision, {}).items():
-        if fragment in name:
-            return peak
-    return None
+__all__ = ["KNOWN_PEAKS_TFLOPS", "known_peak_tflops", "matmul_probe_tflops"]
 
 
 def matmul_probe_tflops(device: torch.device, precision: str, seconds: float = 2.0) -> float:

@@ -21,21 +21,26 @@ DEFAULT_METHODS = "openvision2,openvision1,cappa,coca"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", help="encoder, e.g. S/16 or L/14 (default: S/16 on CPU, L/14 on GPU)")
-    parser.add_argument("--res", type=int, help="image resolution (default 224)")
+    from ..commands._options import add
+
+    # dest keeps the old names (args.model, args.res, args.batch); --model, --res, --batch stay accepted
+    add(parser, "--encoder", aliases=("--model",), dest="model",
+        help="encoder, e.g. S/16 or L/14 (default: S/16 on CPU, L/14 on GPU)")
+    add(parser, "--image-size", aliases=("--res",), dest="res", type=int, help="image size in pixels (default 224)")
     parser.add_argument("--decoder", help="decoder size (default: as `ov2 flops` assumes for the encoder)")
     parser.add_argument("--text-encoder", help="text tower size of OpenVision 1 and CoCa (default: the decoder's)")
     parser.add_argument("--preset", help="take encoder, decoder, resolution, text lengths and vocabulary "
                                          "from a training preset")
-    parser.add_argument("--batch", type=int, help="images per step (default: 2 on CPU, 64 on GPU)")
+    add(parser, "--batch-size", aliases=("--batch",), dest="batch", type=int,
+        help="images per step (default: 2 on CPU, 64 on GPU)")
     parser.add_argument("--text-len", type=int, default=None, help="caption length incl. [CLS] (default 128)")
     parser.add_argument("--alt-text-len", type=int, default=None, help="OpenVision 1 text length (default 80)")
     parser.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 32000)")
     parser.add_argument("--keep-ratio", type=float, default=None, help="OpenVision 2 keep ratio (default 0.35)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     parser.add_argument("--steps-per-round", type=int, default=1, help="timed steps per method per round")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first (default 1)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto: bf16 autocast on GPU, fp32 on "
                                                               "CPU (where bf16 matmuls are far slower)")
@@ -83,10 +88,8 @@ def resolve(args):
         from ..train.presets import get_preset
 
         config = get_preset(args.preset)
-        shape = BenchShape(encoder=config.encoder, decoder=config.decoder, text_encoder=config.text_encoder,
-                           image_size=config.image_size, keep_ratio=config.keep_ratio, text_len=config.text_len,
-                           alt_text_len=config.alt_text_len,
-                           vocab_size=32000 if config.tokenizer == "wordpiece" else config.bpe_vocab_size)
+        sizes = ("encoder", "decoder", "text_encoder", "image_size", "keep_ratio", "text_len", "alt_text_len")
+        shape = BenchShape(**{k: getattr(config.model, k) for k in sizes}, vocab_size=config.data.expected_vocab_size)
     else:
         encoder = args.model or ("L/14" if device == "cuda" else "S/16")
         shape = BenchShape(encoder=encoder, decoder=default_decoder(encoder))
@@ -134,7 +137,11 @@ def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_rou
 
 def run(args) -> int:
     from ..errors import UserError
-    from ..flops import Shape, count
+    from dataclasses import replace
+
+    from ..flops import count
+    from ..methods import get_method
+    from ..models.config import ModelConfig
     from .peak import known_peak_tflops, matmul_probe_tflops
     from .runner import WorkerFailed, find_max_batch, measure_peak
 
@@ -170,9 +177,8 @@ def run(args) -> int:
                if k in rep},
         }
         if method != "coca":  # the analytic count of `ov2 flops` for the same step (both OV1 texts)
-            analytic = count(Shape(method, shape.encoder, shape.decoder, shape.image_size, shape.keep_ratio,
-                                   shape.text_len, shape.alt_text_len, shape.vocab_size, shape.text_encoder,
-                                   text_passes=2))
+            model_config = replace(ModelConfig.from_dict(shape.to_dict()), method=method)
+            analytic = count(model_config, get_method(method).train_text_passes)
             results[method]["gflops_per_image_analytic"] = analytic.total_flops / 1e9
     ref = results.get("openvision2")
     ratios = {}

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
+from ._options import add_checkpoint, add_decoding, decoding_options
+
 NAME = "caption"
 HELP = "print a caption for each image file (greedy by default; beam search or top-k / top-p sampling)"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    add_checkpoint(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--decoding", default="greedy", choices=("greedy", "beam", "sample"),
-                        help="greedy (default), beam search, or sampling")
-    parser.add_argument("--beam-size", type=int, default=4, help="beams for --decoding beam (default: 4)")
-    parser.add_argument("--length-penalty", type=float, default=0.0,
-                        help="beam: rank by log-likelihood / length**penalty (default 0: plain likelihood)")
-    parser.add_argument("--top-k", type=int, default=0, help="sampling: keep the k likeliest tokens (0: all)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability mass (default 1)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1)")
-    parser.add_argument("--seed", type=int, default=None, help="sampling seed (default: unseeded)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images decoded together")
+    add_decoding(parser, seed_aliases=("--seed",))
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's text_len - 2")
     parser.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slower)")
     parser.add_argument("--json", action="store_true",
@@ -32,7 +26,7 @@ def run(args) -> int:
 
     from ..checkpoint import load_checkpoint
     from ..errors import UserError
-    from ..generate import generate, greedy_caption
+    from ..generate import generate
     from ..preprocess import load_image
 
     if args.batch_size < 1:
@@ -40,19 +34,11 @@ def run(args) -> int:
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
     size = model.config.image_size
     images = [load_image(path, size) for path in args.images]  # fail on a bad file before any work
-    parallel = hasattr(model, "predict_caption_ids")  # OpenVision 1 captions all positions at once
     results = []
     for start in range(0, len(images), args.batch_size):
         batch = torch.stack(images[start:start + args.batch_size])
         paths = args.images[start:start + args.batch_size]
-        if parallel:
-            if args.decoding != "greedy":
-                raise UserError("this checkpoint's decoder predicts every position at once: only greedy decoding")
-            results += [{"image": p, "caption": c} for p, c in zip(paths, greedy_caption(model, tokenizer, batch))]
-            continue
-        out = generate(model, tokenizer, batch, strategy=args.decoding, beam_size=args.beam_size,
-                       length_penalty=args.length_penalty, top_k=args.top_k, top_p=args.top_p,
-                       temperature=args.temperature, seed=args.seed, max_new_tokens=args.max_new_tokens,
+        out = generate(model, tokenizer, batch, **decoding_options(args), max_new_tokens=args.max_new_tokens,
                        use_cache=not args.no_cache)
         results += [{"image": p, "caption": c, "log_likelihood": ll}
                     for p, c, ll in zip(paths, out.texts, out.log_likelihoods)]

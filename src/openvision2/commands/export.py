@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from ._options import add_checkpoint, add_json
+
 NAME = "export"
 HELP = "export a checkpoint's encoder (or its decoder) for timm, Hugging Face transformers or open_clip"
 
@@ -21,10 +23,10 @@ FORMATS = ("timm", "hf", "hf-clip", "hf-siglip", "open_clip", "decoder")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    add_checkpoint(parser)
     parser.add_argument("--format", required=True, choices=FORMATS, help=_FORMAT_HELP)
     parser.add_argument("--out", required=True, help="new (or empty) directory to write")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json(parser)
 
 
 def run(args) -> int:

@@ -1,4 +1,4 @@
-"""ov2 flops [--model L/14 --res 224 --method openvision2|openvision1|cappa | --preset NAME] [--json]
+"""ov2 flops [--encoder L/14 --image-size 224 --method openvision2|openvision1|cappa | --preset NAME] [--json]
 
 Analytic forward FLOPs per image and parameter counts, per part (openvision2/flops.py explains the
 counting, and which decoder is assumed when none is named)."""
@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 
+from ._options import add, add_json
+
 NAME = "flops"
 HELP = "analytic forward FLOPs per image and parameter counts, per part, of a method at a model size"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", help="take the shape from a training preset (method, sizes, resolution)")
-    parser.add_argument("--model", default=None, help="encoder, e.g. L/14, So400m/14, S/16 (default L/14)")
-    parser.add_argument("--res", type=int, default=None, help="image resolution in pixels (default 224)")
+    add(parser, "--encoder", aliases=("--model",), help="encoder, e.g. L/14, So400m/14, S/16 (default L/14)")
+    add(parser, "--image-size", aliases=("--res",), type=int, help="image size in pixels (default 224)")
     parser.add_argument("--method", default=None, help="openvision2 (default), openvision1 or cappa")
     parser.add_argument("--decoder", help="decoder size (default: L for L/14, So400m for So400m/14, else the "
                                           "encoder's size class)")
@@ -23,12 +25,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--text-passes", type=int, default=1,
                         help="texts per image through OpenVision 1's text encoder: 1 as the paper counts "
                              "(default), 2 for everything a training step runs")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(parser)
 
 
 def shape_from_args(args):
+    """(the ModelConfig to count, whether the decoder was assumed)."""
+    from dataclasses import replace
+
     from ..errors import UserError
-    from ..flops import Shape, default_decoder
+    from ..flops import default_decoder
+    from ..models.config import ModelConfig
 
     if args.text_passes not in (1, 2):
         raise UserError(f"--text-passes must be 1 or 2, got {args.text_passes}")
@@ -36,33 +42,30 @@ def shape_from_args(args):
         from ..train.presets import get_preset
 
         config = get_preset(args.preset)
-        vocab = 32000 if config.tokenizer == "wordpiece" else config.bpe_vocab_size
-        base = dict(method=config.method, encoder=config.encoder, decoder=config.decoder,
-                    image_size=config.image_size, keep_ratio=config.keep_ratio, text_len=config.text_len,
-                    alt_text_len=config.alt_text_len, vocab_size=vocab, text_encoder=config.text_encoder,
-                    text_pos=config.text_pos == "learned")
+        base = replace(config.model, vocab_size=config.data.expected_vocab_size)
     else:
-        encoder = args.model or "L/14"
-        base = dict(method="openvision2", encoder=encoder, decoder=default_decoder(encoder), image_size=224)
-    overrides = {"method": args.method, "encoder": args.model, "image_size": args.res, "decoder": args.decoder,
+        encoder = args.encoder or "L/14"
+        base = ModelConfig(encoder=encoder, decoder=default_decoder(encoder), image_size=224)
+    overrides = {"method": args.method, "encoder": args.encoder, "image_size": args.image_size, "decoder": args.decoder,
                  "text_encoder": args.text_encoder, "keep_ratio": args.keep_ratio}
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    if args.model and not args.decoder and not args.preset:
-        base["decoder"] = default_decoder(args.model)
-    return Shape(**base, text_passes=args.text_passes), args.decoder is None and not args.preset
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if args.encoder and not args.decoder and not args.preset:
+        changes["decoder"] = default_decoder(args.encoder)
+    return replace(base, **changes), args.decoder is None and not args.preset
 
 
 def run(args) -> int:
     from ..flops import PUBLISHED_GFLOPS, count, default_decoder
 
     shape, decoder_assumed = shape_from_args(args)
-    result = count(shape)
+    result = count(shape, args.text_passes)
+    shape = result.config
     out = result.to_dict()
     out["decoder_assumed"] = decoder_assumed
     published = PUBLISHED_GFLOPS.get((shape.method, shape.encoder, shape.image_size))
     paper_shape = (shape.decoder == default_decoder(shape.encoder) and shape.keep_ratio == 0.35
                    and shape.text_len == 128 and shape.alt_text_len == 80 and shape.vocab_size == 32000
-                   and shape.text_passes == 1 and shape.text_encoder in ("", shape.decoder))
+                   and args.text_passes == 1 and shape.text_encoder in ("", shape.decoder))
     if published is not None and paper_shape:
         out["published_gflops_per_image"] = published
         out["relative_to_published"] = out["gflops_per_image"] / published - 1
@@ -70,8 +73,8 @@ def run(args) -> int:
         print(json.dumps(out))
         return 0
     how = " (assumed: SPEC §2, §5.4)" if decoder_assumed else ""
-    extra = (f", text encoder {shape.text_encoder or shape.decoder} x{shape.text_passes} text"
-             if shape.method == "openvision1" else f", keep ratio {out['keep_ratio']:g}")
+    extra = (f", text encoder {shape.text_encoder or shape.decoder} x{args.text_passes} text"
+             if "text_encoder" in out else f", keep ratio {out['keep_ratio']:g}")
     print(f"{shape.method} {shape.encoder} @ {shape.image_size}px, decoder {shape.decoder}{how}{extra}, "
           f"vocab {shape.vocab_size}")
     print(f"{'part':14s} {'GFLOPs/image':>13s} {'params (M)':>11s}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from ._options import add_json
+
 NAME = "import"
 HELP = ("import an OpenVision encoder as an encoder-only checkpoint: the released vision-only weights "
         "(open_clip layout), or a timm / transformers export of one")
@@ -16,7 +18,7 @@ def add_arguments(parser) -> None:
                              "UCSC-VLAA/openvision2-* repo), a timm hub directory or a transformers "
                              "ViTModel / CLIPVisionModel / SiglipVisionModel directory")
     parser.add_argument("--out", required=True, metavar="CHECKPOINT_DIR", help="checkpoint directory to write")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_json(parser)
 
 
 def run(args) -> int:

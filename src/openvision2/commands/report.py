@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._options import add_decoding, add_json, decoding_options
+
 NAME = "report"
 HELP = "write an HTML report of a run: training curves, evaluations, held-out images with their captions"
 
@@ -9,15 +11,14 @@ HELP = "write an HTML report of a run: training curves, evaluations, held-out im
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory (metrics.jsonl, checkpoints/)")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/report)")
-    parser.add_argument("--images", type=int, default=16, help="held-out images in the grid (default: 16)")
+    parser.add_argument("--images", type=int, default=16, help="held-out images in the captioned grid")
     parser.add_argument("--evals", default="zeroshot,captions,probe",
                         help="evaluations of the latest checkpoint: comma list of zeroshot, captions, probe; "
                              "'' for none (default: all)")
-    parser.add_argument("--eval-images", type=int, default=256, help="held-out images per evaluation (default: 256)")
-    parser.add_argument("--decoding", default="greedy", choices=("greedy", "beam", "sample"))
-    parser.add_argument("--beam-size", type=int, default=4)
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--eval-images", type=int, default=256, help="held-out images per evaluation")
+    add_decoding(parser, seed_default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_json(parser)
 
 
 def run(args) -> int:
@@ -29,7 +30,7 @@ def run(args) -> int:
     if args.images < 0 or args.eval_images < 1:
         raise UserError("--images must be >= 0 and --eval-images >= 1")
     result = build_report(args.run_dir, args.out, args.images, args.evals, args.device, args.eval_images,
-                          strategy=args.decoding, beam_size=args.beam_size)
+                          **decoding_options(args))
     if args.json:
         print(json.dumps(result))
     else:

@@ -6,14 +6,12 @@ On several processes: torchrun --standalone --nproc_per_node=N -m openvision2.cl
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 NAME = "train"
 HELP = "train a model from a named preset (or all stages of a recipe), with key=value overrides"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--preset", default="tiny-cpu", help="named preset (default: tiny-cpu; see --list)")
+    parser.add_argument("--preset", default="tiny-cpu", help="named preset (see --list)")
     parser.add_argument("--recipe", help="run every stage of a resolution-curriculum recipe into OUT/stage-*/ "
                                          "(see --list); finished stages are skipped, the current one resumes")
     parser.add_argument("--out", default="runs/tiny-cpu", help="run directory (metrics, checkpoints)")
@@ -21,14 +19,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoints/latest (model, optimizer, schedule, data position, RNG)")
     parser.add_argument("--list", action="store_true", help="list presets and recipes and exit")
-    parser.add_argument("--list-keys", action="store_true", help="print the preset's fields and values and exit")
+    parser.add_argument("--list-keys", action="store_true",
+                        help="print every key (section.field, with its flat alias), the preset's value, the "
+                             "default and the meaning, and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override a preset field")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override a preset field: section.field=value (model.keep_ratio=0.25) or its flat "
+                             "alias (keep_ratio=0.25); see --list-keys")
 
 
 def run(args) -> int:
     from ..errors import UserError
-    from ..train.config import apply_overrides
+    from ..train.config import apply_overrides, describe_keys
     from ..train.presets import PRESETS, get_preset
     from ..train.recipes import RECIPE_HELP, RECIPES
 
@@ -48,10 +50,10 @@ def run(args) -> int:
                                                progress=not args.no_progress))
     config = apply_overrides(get_preset(args.preset), args.overrides)
     if args.steps is not None:
-        config.steps = args.steps
+        config.optim.steps = args.steps
+        config.validate()
     if args.list_keys:
-        for field in fields(config):
-            print(f"{field.name}={getattr(config, field.name)}")
+        print("\n".join(describe_keys(config)))
         return 0
     from ..train.loop import train
 

@@ -8,10 +8,8 @@ prediction, learned text positions). The differences left are listed for the rep
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 from ..errors import UserError
-from ..train.config import TrainConfig, apply_overrides
+from ..train.config import FLAT_KEYS, TrainConfig, apply_overrides
 from ..train.presets import get_preset
 
 METHODS = ("openvision2", "openvision1", "cappa")
@@ -25,7 +23,7 @@ def method_fields(method: str) -> dict:
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}: compare some of {', '.join(METHODS)}")
     base, own = get_preset("tiny-cpu"), get_preset(_METHOD_PRESETS[method])
-    return {f.name: getattr(own, f.name) for f in fields(TrainConfig) if getattr(own, f.name) != getattr(base, f.name)}
+    return {name: getattr(own, name) for name in FLAT_KEYS if getattr(own, name) != getattr(base, name)}
 
 
 def method_config(preset: str, method: str, overrides: list[str], steps: int | None = None,
@@ -55,10 +53,10 @@ def check_fair(config: TrainConfig) -> None:
 def differences(configs: dict[str, TrainConfig]) -> dict[str, dict]:
     """{field: {method: value}} for every training field that is not the same for all methods."""
     out = {}
-    for f in fields(TrainConfig):
-        if f.name in BOOKKEEPING:
+    for name in FLAT_KEYS:
+        if name in BOOKKEEPING:
             continue
-        values = {m: getattr(c, f.name) for m, c in configs.items()}
+        values = {m: getattr(c, name) for m, c in configs.items()}
         if len({repr(v) for v in values.values()}) > 1:
-            out[f.name] = values
+            out[name] = values
     return out

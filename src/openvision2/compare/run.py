@@ -134,12 +134,25 @@ def check_same_run(config, run_dir: Path, ignore: tuple[str, ...] = ()) -> dict 
     saved = _read_json(run_dir / "config.json")
     if saved is None:
         return None
-    mismatch = {k: (saved.get(k), v) for k, v in config.to_dict().items() if saved.get(k) != v and k not in ignore}
+    saved_flat, wanted = _flat(saved), _flat(config.to_dict())
+    mismatch = {k: (saved_flat.get(k), v) for k, v in wanted.items()
+                if saved_flat.get(k) != v and k.rpartition(".")[2] not in ignore}
     if mismatch:
         key, (there, here) = next(iter(mismatch.items()))
         raise UserError(f"{run_dir} holds a run with other settings ({key}={there!r} there, {here!r} now): "
                         "use another --out, or the settings it was made with")
     return saved
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    """A config dict (sections as nested dicts) as {"section.field": value}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def loss_curve(run_dir: Path) -> dict[str, list]:

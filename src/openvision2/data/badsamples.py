@@ -12,6 +12,7 @@ log = logging.getLogger("openvision2.data")
 REASONS = (
     "unreadable_shard",  # the shard file cannot be opened or is not a tar archive
     "truncated_tar",  # the archive ends in the middle of a member; the complete samples before it are kept
+    "empty_shard",  # a valid tar archive without any member
     "missing_image",  # a key with no jpg/jpeg/png/webp member
     "not_image",  # the image member is not an image file PIL recognises
     "corrupt_image",  # a recognised image that fails to decode (truncated or damaged data)
@@ -19,7 +20,10 @@ REASONS = (
     "missing_caption",  # no caption field (no txt member, no json, or the json lacks the key)
     "empty_caption",  # the caption is empty or only whitespace
     "bad_text",  # the caption is not UTF-8, or the json member is not valid JSON
+    "missing_label",  # (labelled evaluation sets) the json member has no integer label / class name
+    "long_caption",  # NOT skipped: a caption over MAX_CAPTION_CHARS, kept cut to that length
 )
+KEPT = ("long_caption",)  # reasons counted for a sample that is still used
 
 
 class BadSample(Exception):
@@ -43,8 +47,9 @@ class BadSampleLog:
         if (shard, reason) not in self._logged:
             self._logged.add((shard, reason))
             where = f"{shard}:{key}" if key else shard
-            log.warning("skipped %s (%s)%s; further %s in this shard are counted, not logged",
-                        where, reason, f": {detail}" if detail else "", reason)
+            log.warning("%s %s (%s)%s; further %s in this shard are counted, not logged",
+                        "kept" if reason in KEPT else "skipped", where, reason, f": {detail}" if detail else "",
+                        reason)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)

@@ -1,19 +1,18 @@
-"""From a TrainConfig to batches: the dataset, the caption tokens, an endless shuffled loader."""
+"""From a config's data section to batches: the dataset, the tokenizer, the caption tokens, the
+resumable training stream, the held-out batch."""
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..tokenizer import CaptionTokenizer
+from .config import DATASETS, DataConfig
 from .synthetic import SyntheticCaptions
-
-DATASETS = ("synthetic", "shards")
 
 
 def build_dataset(name: str, split: str, num_samples: int, image_size: int, seed: int) -> Dataset:
@@ -24,48 +23,69 @@ def build_dataset(name: str, split: str, num_samples: int, image_size: int, seed
     raise UserError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
 
 
-def build_from_config(config, split: str) -> Dataset:
-    """The "train" or "val" dataset a TrainConfig names (for every dataset, shards included).
+def build_from_config(data: DataConfig, split: str, image_size: int, seed: int = 0) -> Dataset:
+    """The "train" or "val" dataset of a config's data section (for every dataset, shards included).
     Shards: training = endless shuffled stream with the SPEC §4.2 augmentations; val = one ordered
     pass, resized (its first val_samples form the held-out batch)."""
-    if config.dataset != "shards":
-        count = config.train_samples if split == "train" else config.val_samples
-        return build_dataset(config.dataset, split, count, config.image_size, config.seed)
+    if data.dataset != "shards":
+        count = data.train_samples if split == "train" else data.val_samples
+        return build_dataset(data.dataset, split, count, image_size, seed)
     from .augment import EvalResize, TrainAugment
     from .shards import ShardDataset
 
     train = split == "train"
-    spec = config.train_shards if train else config.val_shards
+    spec = data.train_shards if train else data.val_shards
     if not spec:
         raise UserError(f"dataset=shards needs {split}_shards=PATHS (e.g. data/{split}-{{000000..000009}}.tar); "
                         "`ov2 shards` writes them")
-    transform = (TrainAugment(config.image_size, max_pixels=config.max_image_pixels) if train
-                 else EvalResize(config.image_size, max_pixels=config.max_image_pixels))
-    return ShardDataset(spec, transform, caption_key=config.caption_key, alt_caption_key=config.alt_caption_key,
-                        seed=config.seed, shuffle=train, shuffle_buffer=config.shuffle_buffer,
-                        with_replacement=train and config.sample_with_replacement,
-                        epochs=None if train else 1, drop_last=train)
+    transform = (TrainAugment(image_size, max_pixels=data.max_image_pixels) if train
+                 else EvalResize(image_size, max_pixels=data.max_image_pixels))
+    return ShardDataset(spec, transform, caption_key=data.caption_key, alt_caption_key=data.alt_caption_key,
+                        seed=seed, shuffle=train, shuffle_buffer=data.shuffle_buffer,
+                        with_replacement=train and data.sample_with_replacement,
+                        epochs=None if train else 1, drop_last=train, remote=remote_options(data))
 
 
-def train_batches(config, dataset: Dataset, collate, rank: int = 0, world_size: int = 1):
-    """The training stream: this rank's micro-batches, endlessly, with state_dict()/load_state_dict()
-    (the interface of data/resumable.py). Shards: a ShardBatches (per-rank state; bad_samples())."""
+def remote_options(data: DataConfig):
+    """How the data section fetches remote shards (its shard_* fields; data/remote.py)."""
+    from .remote import RemoteOptions
+
+    return RemoteOptions(cache_dir=data.shard_cache, read_ahead=data.shard_read_ahead, timeout=data.shard_timeout,
+                         retries=data.shard_retries, storage_options=data.storage_options())
+
+
+def build_tokenizer(data: DataConfig, train_set) -> CaptionTokenizer:
+    """The data section's tokenizer: OpenVision's WordPiece, or a BPE fitted to the training captions."""
+    if data.tokenizer == "wordpiece":
+        return CaptionTokenizer.wordpiece(data.tokenizer_path or None)
+    return CaptionTokenizer.train_bpe(train_set.captions(), data.bpe_vocab_size)
+
+
+def micro_batch_size(global_batch: int, world_size: int, micro_batches: int) -> int:
+    """Samples per micro-batch on each rank; the one check that the global batch splits evenly."""
+    if global_batch % (world_size * micro_batches):
+        raise UserError(f"batch_size {global_batch} (the global batch) must be divisible by "
+                        f"{world_size} ranks x grad_accum {micro_batches}")
+    return global_batch // (world_size * micro_batches)
+
+
+def train_batches(data: DataConfig, dataset: Dataset, collate, *, batch_size: int, micro_batches: int = 1,
+                  rank: int = 0, world_size: int = 1, seed: int = 0):
+    """The training stream: this rank's micro-batches of a global batch_size, endlessly, with
+    state_dict()/load_state_dict() (the interface of data/resumable.py). Shards: a ShardBatches
+    (per-rank state; bad_samples())."""
     from .shards import ShardDataset
 
     if isinstance(dataset, ShardDataset):
         from .loader import ShardBatches
 
-        parts = world_size * config.grad_accum
-        if config.batch_size % parts:
-            raise UserError(f"batch_size {config.batch_size} is not divisible by {world_size} ranks x "
-                            f"{config.grad_accum} micro-batches")
-        dataset.batch_size, dataset.collate = config.batch_size // parts, collate
+        dataset.batch_size, dataset.collate = micro_batch_size(batch_size, world_size, micro_batches), collate
         dataset.rank, dataset.world_size = rank, world_size
-        return ShardBatches(dataset, config.num_workers)
+        return ShardBatches(dataset, data.num_workers)
     from .resumable import ResumableBatches
 
-    return ResumableBatches(dataset, config.batch_size, collate, rank=rank, world_size=world_size,
-                            micro_batches=config.grad_accum, num_workers=config.num_workers, seed=config.seed)
+    return ResumableBatches(dataset, batch_size, collate, rank=rank, world_size=world_size,
+                            micro_batches=micro_batches, num_workers=data.num_workers, seed=seed)
 
 
 EXTRA_FIELDS = ("alt_captions", "sub_captions")
@@ -106,25 +126,14 @@ class CaptionCollate:
         return batch
 
 
-def endless_batches(dataset: Dataset, batch_size: int, collate: CaptionCollate, num_workers: int,
-                    seed: int) -> Iterator[dict]:
-    """Reshuffled epochs, one after another, for as many steps as the run takes."""
-    if hasattr(dataset, "sources"):  # a ShardDataset: its own endless, resumable stream
-        from .loader import ShardBatches
-
-        dataset.batch_size, dataset.collate = batch_size, collate
-        yield from ShardBatches(dataset, num_workers)
-        return
-    generator = torch.Generator().manual_seed(seed)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=RandomSampler(dataset, generator=generator),
-                        collate_fn=collate, num_workers=num_workers, drop_last=True,
-                        persistent_workers=num_workers > 0)
-    while True:
-        yield from loader
-
-
 def fixed_batch(dataset: Dataset, collate: CaptionCollate, count: int) -> dict:
     """The first `count` samples as one batch: the held-out set evaluated throughout a run."""
-    if hasattr(dataset, "take"):  # a ShardDataset (iterable): the first samples of an ordered pass
-        return collate(dataset.take(count))
-    return collate([dataset[i] for i in range(min(count, len(dataset)))])
+    if hasattr(dataset, "first"):  # a ShardDataset (iterable): the first samples of an ordered pass
+        samples, skipped = dataset.first(count)
+    else:
+        samples, skipped = [dataset[i] for i in range(min(count, len(dataset)))], {}
+    if not samples:
+        found = f"every sample was skipped ({skipped})" if skipped else "it is empty"
+        raise UserError(f"the held-out set has no usable sample: {found}; point val_shards at image-caption "
+                        "shards (or set val_samples >= 1)")
+    return collate(samples)

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
-from .writer import ShardWriter
+from .writer import ShardWriter, next_shard_number, write_sizes
 
 DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -67,12 +67,15 @@ def write_fashion_mnist(out_dir: str | Path, source: str | Path = DEFAULT_DIR, p
     """Write train-*.tar and test-*.tar into out_dir; returns {split: {shard: count}}."""
     result = {}
     for split in SPLITS:
+        find_split(source, split)  # both splits are there before anything is written
+    for split in SPLITS:
         images_path, labels_path = find_split(source, split)
         images, labels = read_idx(images_path), read_idx(labels_path)
         if len(images) != len(labels):
             raise UserError(f"{images_path} has {len(images)} images but {labels_path} {len(labels)} labels")
         count = len(images) if limit is None else min(limit, len(images))
-        with ShardWriter(out_dir, prefix=split, per_shard=per_shard) as writer:
+        start = next_shard_number(out_dir, split) if Path(out_dir).is_dir() else 0
+        with ShardWriter(out_dir, prefix=split, per_shard=per_shard, start=start, write_sizes=False) as writer:
             for i in range(count):
                 buffer = io.BytesIO()
                 Image.fromarray(images[i], "L").save(buffer, "PNG")
@@ -82,6 +85,7 @@ def write_fashion_mnist(out_dir: str | Path, source: str | Path = DEFAULT_DIR, p
                                                  "json": {"label": label, "class": CLASSES[label],
                                                           "captions": captions}})
         result[split] = writer.sizes
+    write_sizes(out_dir, {name: n for sizes in result.values() for name, n in sizes.items()})  # last: on success
     return result
 
 

@@ -100,20 +100,3 @@ def _next_epoch_state(old: dict[int, dict], old_slots: int, slot: int, num_slots
         for s in old.values():
             bad.update(s.get("bad", {}))
     return {"emitted": 0, "sources": sources, "bad": dict(bad)}
-
-
-def gather_state(batches: ShardBatches) -> dict:
-    """All ranks' slots in one state (call on every rank; rank 0 saves it). Without torch.distributed
-    initialised, this process's state."""
-    import torch.distributed as dist
-
-    state = batches.state_dict()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return state
-    parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, state)
-    merged = {}
-    for part in parts:
-        merged.update(part["slots"])
-    return {"num_slots": state["num_slots"], "slots": merged}
-

@@ -27,16 +27,15 @@ from ..errors import UserError
 class ResumableBatches:
     def __init__(self, dataset: Dataset, global_batch: int, collate: Callable, *, rank: int = 0,
                  world_size: int = 1, micro_batches: int = 1, num_workers: int = 0, seed: int = 0):
-        if global_batch % (world_size * micro_batches):
-            raise UserError(f"global batch {global_batch} is not divisible by {world_size} ranks "
-                             f"x {micro_batches} micro-batches")
+        from .build import micro_batch_size
+
+        self.micro_size = micro_batch_size(global_batch, world_size, micro_batches)
         if len(dataset) < global_batch:
             raise UserError(f"the dataset has {len(dataset)} samples, fewer than one batch of {global_batch}: "
                             f"raise train_samples or lower batch_size")
         self.dataset, self.global_batch, self.collate = dataset, global_batch, collate
         self.rank, self.world_size, self.micro_batches = rank, world_size, micro_batches
         self.num_workers, self.seed = num_workers, seed
-        self.micro_size = global_batch // (world_size * micro_batches)
         self.batches_per_epoch = len(dataset) // global_batch
         self.position = 0  # global batches fully handed out to the caller
         self._delivered = 0  # micro-batches of the current global batch handed out

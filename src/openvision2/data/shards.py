@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from glob import glob
+from itertools import islice
 
 import numpy as np
 import torch
@@ -39,12 +40,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import UserError
 from .badsamples import BadSample, BadSampleLog
-from .tarindex import ShardIndex, ShardReader, UnreadableShard, index_shard
+from .remote import RemoteOptions, ShardCache, is_remote, sizes_beside
+from .tarindex import MAX_INFLATED_BYTES, ShardIndex, ShardReader, UnreadableShard, index_shard
 from .writer import SIZES_FILE
 
 log = logging.getLogger("openvision2.data")
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+# Longer captions are cut (and counted as long_caption) before anything tokenises them: a caption is
+# at most a few hundred tokens, and a 10 MB one would cost seconds of tokenising per visit.
+MAX_CAPTION_CHARS = 4096
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -59,12 +64,20 @@ def expand_shards(spec: str) -> list[str]:
     from webdataset.shardlists import expand_urls
 
     spec = spec.strip()
-    if os.path.isdir(spec):
+    if not is_remote(spec) and os.path.isdir(spec):
         found = sorted(glob(os.path.join(spec, "*.tar")) + glob(os.path.join(spec, "*.tar.gz")))
         if not found:
             raise UserError(f"directory {spec} holds no .tar shards")
         return found
-    return [path for path in expand_urls(spec) if path]
+    try:
+        paths = [path for path in expand_urls(spec) if path]
+    except ValueError:  # braceexpand's UnbalancedBracesError
+        raise UserError(f"shard pattern {spec!r} has unbalanced braces: write e.g. "
+                        "data/train-{000000..000009}.tar") from None
+    if paths and not any(is_remote(path) or os.path.exists(path) for path in paths):
+        raise UserError(f"none of the {len(paths)} shards of {spec!r} exists (e.g. {paths[0]}): "
+                        "check the path, or write shards with `ov2 shards`")
+    return paths
 
 
 def parse_sources(spec: str) -> list[Source]:
@@ -100,6 +113,19 @@ def _read_sizes(path: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- captions
+def json_meta(members: dict[str, bytes]) -> dict:
+    """The json member as a dict ({} without one). Raises BadSample(bad_text) if it is not a JSON object."""
+    if "json" not in members:
+        return {}
+    try:
+        meta = json.loads(members["json"].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise BadSample("bad_text", f"json member: {err}") from None
+    if not isinstance(meta, dict):
+        raise BadSample("bad_text", "json member is not an object")
+    return meta
+
+
 def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) -> str:
     """The caption from a `txt`-like member, or from a key of the json member; a list holds several
     captions and one is drawn per visit. Raises BadSample (missing/empty caption, bad text)."""
@@ -110,11 +136,7 @@ def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) 
         except UnicodeDecodeError:
             raise BadSample("bad_text", f"{caption_key} is not UTF-8") from None
     elif "json" in members:
-        try:
-            meta = json.loads(members["json"].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as err:
-            raise BadSample("bad_text", f"json member: {err}") from None
-        value = meta.get(caption_key) if isinstance(meta, dict) else None
+        value = json_meta(members).get(caption_key)
         if value is None:
             raise BadSample("missing_caption", f"no {caption_key!r} in json")
         if isinstance(value, list):
@@ -135,23 +157,61 @@ def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) 
 
 # ------------------------------------------------------------------------------------------ the stream
 class IndexCache:
-    """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers)."""
+    """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers).
+    Remote shards (data/remote.py) are fetched into the slot's ShardCache and indexed there. Inflated
+    gzip shards are big: the cache keeps at most `inflated_budget` bytes of them (the group being read
+    holds its own references)."""
 
-    def __init__(self, capacity: int = 16):  # an index costs ~0.5 kB a sample: bounded memory
-        self.capacity, self._items = capacity, OrderedDict()
+    def __init__(self, capacity: int = 16, remote: RemoteOptions | None = None, slot: int = 0,
+                 inflated_budget: int | None = None):
+        self.capacity, self._items = capacity, OrderedDict()  # an index costs ~0.5 kB a sample
+        self.remote, self.slot, self.fetched = remote or RemoteOptions(), slot, None
+        self.inflated_budget = MAX_INFLATED_BYTES if inflated_budget is None else inflated_budget
+
+    def inflated_bytes(self) -> int:
+        return sum(len(i.data) for i in self._items.values() if isinstance(i, ShardIndex) and i.data is not None)
 
     def get(self, path: str) -> ShardIndex | UnreadableShard:
         if path in self._items:
             self._items.move_to_end(path)
-            return self._items[path]
+            item = self._items[path]
+            if is_remote(path) and isinstance(item, ShardIndex):
+                try:  # its local copy may have left the cache since: fetch it again (same name, same index)
+                    self._shard_cache().get(path)
+                except UnreadableShard as err:
+                    return err
+            return item
         try:
-            item = index_shard(path)
+            if is_remote(path):
+                item = index_shard(self._shard_cache().get(path))
+                item.file, item.path = item.path, path  # read the local copy; name the shard by its URL
+            else:
+                item = index_shard(path)
         except UnreadableShard as err:
             item = err
         self._items[path] = item
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
+        for old in [p for p, i in self._items.items() if p != path and getattr(i, "data", None) is not None]:
+            if self.inflated_bytes() <= self.inflated_budget:
+                break
+            del self._items[old]  # oldest inflated shards first
         return item
+
+    def _shard_cache(self) -> ShardCache:
+        if self.fetched is None:
+            self.fetched = ShardCache(self.remote, self.slot)
+        return self.fetched
+
+    def want(self, owner: int, current: list[str], upcoming: list[str]) -> None:
+        """The remote shards `owner` reads now and next (the next ones are fetched in the background)."""
+        if any(is_remote(u) for u in current + upcoming):
+            self._shard_cache().want(owner, [u for u in current if is_remote(u)], [u for u in upcoming if is_remote(u)])
+
+    def close(self) -> None:
+        if self.fetched is not None:
+            self.fetched.close()
+            self.fetched = None
 
 
 @dataclass
@@ -184,6 +244,7 @@ class SourceStream:
         self.cursor, self.pos, self.group = 0, 0, None
         self._orders: dict[int, list[int]] = {}
         self._idle_shards = 0  # shards visited since the last good sample (to stop on a dead source)
+        self._read_ahead = 1  # remote shards to fetch ahead: the last group's length
 
     def shard_at(self, j: int) -> str:
         """Shard number j of the slot's sequence: epochs of permuted shards, or independent draws."""
@@ -204,6 +265,7 @@ class SourceStream:
         whose problems were counted before the checkpoint."""
         group = Group(self.cursor, 0, [])
         epoch_end = (self.cursor // self.per_epoch + 1) * self.per_epoch
+        self.cache.want(self.source_id, [], self._upcoming(self.cursor))  # frees the previous group's shards
         total = 0
         while self.cursor + group.length < epoch_end and (group.length == 0 or total < self.buffer):
             j = self.cursor + group.length
@@ -216,6 +278,8 @@ class SourceStream:
                 continue
             if index.truncated and record:
                 self.bad.record("truncated_tar", path, detail=index.truncated)
+            elif not len(index) and record:
+                self.bad.record("empty_shard", path, detail="a tar archive without members")
             keep = range(self.slot, len(index), self.num_slots) if self.split_samples else range(len(index))
             if len(keep):
                 group.visits.append((j, index, keep))
@@ -225,7 +289,16 @@ class SourceStream:
             rng = np.random.default_rng([self.seed, self.source_id, self.slot, self.cursor])
             group.order = rng.permutation(total)
         self._idle_shards += group.length
+        self._read_ahead = group.length
+        self.cache.want(self.source_id, [self.shard_at(j) for j in range(group.cursor, group.cursor + group.length)],
+                        self._upcoming(group.cursor + group.length))
         return group
+
+    def _upcoming(self, start: int) -> list[str]:
+        """The shards fetched ahead (remote sources): the next group's, estimated by the last group's length."""
+        count = self.cache.remote.read_ahead or self._read_ahead
+        stop = start + count if self.limit is None else min(start + count, self.limit)
+        return [self.shard_at(j) for j in range(start, stop)]
 
     def next_raw(self) -> tuple[dict[str, bytes], str, str, random.Random] | None:
         """The next sample's members, shard, key and an rng seeded by its identity; None at the end."""
@@ -276,7 +349,7 @@ class SlotStream:
                  epochs: int | None = None):
         self.dataset, self.slot, self.num_slots = dataset, slot, num_slots
         self.bad = BadSampleLog()
-        cache = IndexCache()
+        cache = self.index_cache = IndexCache(remote=dataset.remote, slot=slot)
         shuffle = dataset.shuffle if shuffle is None else shuffle
         epochs = dataset.epochs if epochs is None else epochs
         self.streams = [SourceStream(src, i, slot, num_slots, dataset.seed, shuffle, dataset.shuffle_buffer,
@@ -304,20 +377,31 @@ class SlotStream:
                 image_ext = next((e for e in IMAGE_EXTS if e in members), None)
                 if image_ext is None:
                     raise BadSample("missing_image", f"members: {', '.join(sorted(members)) or 'none'}")
-                caption = caption_of(members, self.dataset.caption_key, rng)
-                alt_text = caption
+                caption = alt_text = ""
+                if self.dataset.caption_key:
+                    caption = alt_text = self.capped(caption_of(members, self.dataset.caption_key, rng), shard, key)
                 if self.dataset.alt_caption_key:
                     try:
-                        alt_text = caption_of(members, self.dataset.alt_caption_key, rng)
+                        alt_text = self.capped(caption_of(members, self.dataset.alt_caption_key, rng), shard, key)
                     except BadSample:  # an optional field: fall back to the caption, keep the sample
                         pass
+                meta = json_meta(members) if self.dataset.with_meta else None
                 image = self.dataset.transform(members[image_ext], rng)
             except BadSample as err:
                 self.bad.record(err.reason, shard, key, err.detail)
                 continue
             stream.note_good()
             self.emitted += 1
-            return {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard}
+            sample = {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard}
+            if meta is not None:
+                sample["meta"] = meta
+            return sample
+
+    def capped(self, text: str, shard: str, key: str) -> str:
+        if len(text) <= MAX_CAPTION_CHARS:
+            return text
+        self.bad.record("long_caption", shard, key, f"{len(text)} characters, cut to {MAX_CAPTION_CHARS}")
+        return text[:MAX_CAPTION_CHARS]
 
     def state(self) -> dict:
         return {"emitted": self.emitted, "sources": [s.state() for s in self.streams], "bad": self.bad.as_dict()}
@@ -334,6 +418,7 @@ class SlotStream:
     def close(self) -> None:
         for stream in self.streams:
             stream.close()
+        self.index_cache.close()
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -355,7 +440,8 @@ class ShardDataset(IterableDataset):
                  alt_caption_key: str = "", seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
                  with_replacement: bool = False,
                  batch_size: int = 1, collate: Callable | None = None, rank: int | None = None,
-                 world_size: int | None = None, epochs: int | None = None, drop_last: bool = True):
+                 world_size: int | None = None, epochs: int | None = None, drop_last: bool = True,
+                 remote: RemoteOptions | None = None, with_meta: bool = False):
         if isinstance(sources, str):
             sources = parse_sources(sources)
         elif sources and all(isinstance(s, str) for s in sources):  # a list of shard paths: one source
@@ -369,11 +455,14 @@ class ShardDataset(IterableDataset):
             raise UserError("a finite pass (epochs) reads a single shard source")
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        # caption_key "" reads no caption; with_meta adds the parsed json member as sample["meta"]
         self.transform, self.caption_key, self.alt_caption_key = transform, caption_key, alt_caption_key
+        self.with_meta = with_meta
         self.seed = seed
         self.shuffle, self.shuffle_buffer, self.with_replacement = shuffle, max(1, shuffle_buffer), with_replacement
         self.batch_size, self.collate, self.epochs, self.drop_last = batch_size, collate, epochs, drop_last
         self.rank, self.world_size = rank, world_size
+        self.remote = remote or RemoteOptions()  # how remote shards are fetched (data/remote.py)
         self.resume: dict[int, dict] = {}  # slot -> state, set by loader.ShardBatches.load_state_dict
 
     def slot(self) -> tuple[int, int]:
@@ -420,28 +509,56 @@ class ShardDataset(IterableDataset):
         """Samples in one pass over every shard (bad ones included), from the sizes.json that
         `ov2 shards` writes beside the shards, else from the shards' headers."""
         if not hasattr(self, "_length"):
-            total = 0
-            for path in (p for source in self.sources for p in source.shards):
-                sizes_file = os.path.join(os.path.dirname(path), SIZES_FILE)
-                sizes = _read_sizes(sizes_file) if os.path.exists(sizes_file) else {}
-                if os.path.basename(path) in sizes:
-                    total += int(sizes[os.path.basename(path)])
-                else:
-                    try:
-                        total += len(index_shard(path))
-                    except UnreadableShard:
-                        pass
+            total, cache = 0, IndexCache(remote=self.remote)  # remote shards without sizes.json are fetched
+            try:
+                for path in (p for source in self.sources for p in source.shards):
+                    sizes_file = os.path.join(os.path.dirname(path), SIZES_FILE)
+                    sizes = (sizes_beside(path, self.remote) if is_remote(path)
+                             else _read_sizes(sizes_file) if os.path.exists(sizes_file) else {})
+                    if os.path.basename(path) in sizes:
+                        total += int(sizes[os.path.basename(path)])
+                    elif isinstance(index := cache.get(path), ShardIndex):
+                        total += len(index)
+                        cache.want(0, [], [])  # keep no fetched copy
+            finally:
+                cache.close()
             self._length = total
         return self._length
 
     def take(self, count: int) -> list[dict]:
         """The first `count` samples of a single-process pass (e.g. the fixed held-out batch)."""
-        out = []
-        for sample in self.samples(0, 1):
-            out.append(sample)
-            if len(out) == count:
-                break
-        return out
+        return self.first(count)[0]
+
+    def first(self, count: int, accept: Callable[[dict], object] | None = None) -> tuple[list, dict[str, int]]:
+        """The first `count` good samples of `ordered(accept)`, and the skipped ones by reason (logged)."""
+        skipped: dict[str, int] = {}
+        samples = self.ordered(accept, skipped)
+        out = list(islice(samples, count))
+        samples.close()
+        if skipped:
+            log.warning("held-out samples from %s: kept %d, skipped %s", self.sources[0].shards[0], len(out),
+                        ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items())))
+        return out, skipped
+
+    def ordered(self, accept: Callable[[dict], object] | None = None,
+                skipped: dict[str, int] | None = None) -> Iterator:
+        """The good samples of a single-process pass (in shard order unless the dataset shuffles).
+        `accept(sample)` returns what to keep of a sample, or rejects it by raising BadSample; rejected
+        and bad samples are counted by reason into `skipped` (when the iteration ends). Every held-out set (the training loop's, periodic and
+        `ov2 eval` evaluations, `ov2 report`, `ov2 caption-accuracy`) is read this way."""
+        stream = self.open_slot(0, 1)
+        try:
+            while (sample := stream.next_sample()) is not None:
+                try:
+                    item = sample if accept is None else accept(sample)
+                except BadSample as err:
+                    stream.bad.record(err.reason, sample["shard"], sample["key"], err.detail)
+                    continue
+                yield item
+        finally:
+            stream.close()
+            if skipped is not None:
+                skipped.update(stream.bad.as_dict())
 
     def captions(self, limit: int = 100_000) -> list[str]:
         """Captions of the first `limit` samples in shard order, without decoding an image (e.g. to
@@ -451,7 +568,7 @@ class ShardDataset(IterableDataset):
         try:
             while len(out) < limit and (raw := stream.streams[0].next_raw()) is not None:
                 try:
-                    out.append(caption_of(raw[0], self.caption_key, raw[3]))
+                    out.append(stream.capped(caption_of(raw[0], self.caption_key, raw[3]), raw[1], raw[2]))
                 except BadSample:
                     continue
         finally:

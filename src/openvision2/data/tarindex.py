@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from .badsamples import BadSample
 
 
+# A gzip shard is inflated into memory to be read at random (gzip cannot seek). A bomb (a small file
+# that inflates to gigabytes) is refused before it costs that memory: a shard may inflate to at most
+# MAX_INFLATED_BYTES, and to more than MIN_INFLATED_CAP only at a ratio a tar of images can reach.
+MAX_INFLATED_BYTES = 1 << 30
+MIN_INFLATED_CAP = 64 << 20
+MAX_GZIP_RATIO = 64
+
+
 class UnreadableShard(Exception):
-    """The shard cannot be opened or is not a tar archive."""
+    """The shard cannot be opened, is not a tar archive, or is a gzip bomb."""
 
 
 @dataclass
@@ -26,7 +34,8 @@ class ShardIndex:
     # one dict per key: extension (lower case, e.g. "jpg", "txt", "json") -> (data offset, size)
     members: list[dict[str, tuple[int, int]]] = field(default_factory=list)
     truncated: str = ""  # why the archive is cut short ("" if complete)
-    data: bytes | None = None  # the decompressed archive, for gzip shards (they cannot be seeked)
+    data: bytearray | None = None  # the decompressed archive, for gzip shards (they cannot be seeked)
+    file: str = ""  # where the bytes are, if not at `path` (a remote shard's local copy, data/remote.py)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -41,18 +50,30 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:].lower()
 
 
-def _gunzip(raw: bytes) -> tuple[bytes, str]:
-    """Decompress a gzip stream, keeping what precedes damage or truncation."""
+def inflated_cap(compressed_size: int) -> int:
+    return min(MAX_INFLATED_BYTES, max(MIN_INFLATED_CAP, MAX_GZIP_RATIO * compressed_size))
+
+
+def _gunzip(f, compressed_size: int) -> tuple[bytearray, str]:
+    """Decompress a gzip stream, keeping what precedes damage or truncation; UnreadableShard as soon as
+    the output passes inflated_cap (never holding more than the cap plus one chunk)."""
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    parts, chunk = [], 1 << 20
-    for start in range(0, len(raw), chunk):  # in chunks, so the part before a damaged block survives
-        try:
-            parts.append(inflater.decompress(raw[start:start + chunk]))
+    cap, chunk = inflated_cap(compressed_size), 1 << 20
+    out, problem = bytearray(), ""
+    while not inflater.eof:
+        data = inflater.unconsumed_tail or f.read(chunk)
+        if not data:
+            problem = "gzip stream ends early"
+            break
+        try:  # in bounded steps, so the part before a damaged block survives and a bomb stops early
+            out += inflater.decompress(data, chunk)
         except zlib.error as err:
-            return b"".join(parts), f"gzip error: {err}"
-    if not inflater.eof:
-        return b"".join(parts), "gzip stream ends early"
-    return b"".join(parts), ""
+            problem = f"gzip error: {err}"
+            break
+        if len(out) > cap:
+            raise UnreadableShard(f"gzip inflates to more than {cap} bytes from {compressed_size} "
+                                  "(a decompression bomb?): unpack it, or split it into smaller shards")
+    return out, problem  # not copied to bytes: that would double the peak memory
 
 
 def index_shard(path: str) -> ShardIndex:
@@ -65,17 +86,34 @@ def index_shard(path: str) -> ShardIndex:
             size = f.tell()
             f.seek(0)
             if magic == b"\x1f\x8b":
-                data, gzip_problem = _gunzip(f.read())
-                return _index(path, io.BytesIO(data), len(data), data, gzip_problem)
+                data, gzip_problem = _gunzip(f, size)
+                return _index(path, _BufferFile(data), len(data), data, gzip_problem)
             return _index(path, f, size, None, "")
     except OSError as err:
         raise UnreadableShard(f"cannot open: {err.strerror or err}") from None
 
 
-def _octal(field: bytes) -> int:
+class _BufferFile:
+    """seek/read over a buffer without copying it (io.BytesIO copies a bytearray)."""
+
+    def __init__(self, data: bytearray):
+        self.view, self.position = memoryview(data), 0
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
+    def read(self, size: int) -> bytes:
+        self.position += size
+        return bytes(self.view[self.position - size:self.position])
+
+
+def _octal(field: bytes) -> int | None:
+    """A numeric header field; None if it is not octal (a damaged header with a valid checksum)."""
     if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes >= 8 GiB
         return int.from_bytes(field[1:], "big")
     field = field.strip(b" \0")
+    if not all(48 <= c <= 55 for c in field):
+        return None
     return int(field, 8) if field else 0
 
 
@@ -88,7 +126,7 @@ def _pax_path(data: bytes) -> str | None:
     return None
 
 
-def _index(path: str, f, size: int, data: bytes | None, problem: str) -> ShardIndex:
+def _index(path: str, f, size: int, data: bytearray | None, problem: str) -> ShardIndex:
     """Walk the ustar/GNU/pax headers by hand: tarfile's parser costs ~30 us a member, this ~3 us."""
     index = ShardIndex(path, data=data)
     position: dict[str, int] = {}
@@ -111,6 +149,9 @@ def _index(path: str, f, size: int, data: bytes | None, problem: str) -> ShardIn
             problem = problem or f"damaged header at byte {offset}"
             break
         kind, length = header[156:157], _octal(header[124:136])
+        if length is None:  # cannot know where the next member starts: the rest of the archive is lost
+            problem = problem or f"member size at byte {offset} is not a number"
+            break
         start = offset + 512
         if start + length > size:
             name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -153,11 +194,11 @@ class ShardReader:
 
     def read(self, index: ShardIndex, offset: int, size: int) -> bytes:
         if index.data is not None:
-            return index.data[offset:offset + size]
+            return bytes(memoryview(index.data)[offset:offset + size])
         f = self._files.get(index.path)
         if f is None:
             try:
-                f = self._files[index.path] = open(index.path, "rb")
+                f = self._files[index.path] = open(index.file or index.path, "rb")
             except OSError as err:  # removed or made unreadable since it was indexed
                 raise BadSample("unreadable_shard", str(err)) from None
         f.seek(offset)

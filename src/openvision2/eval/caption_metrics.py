@@ -13,10 +13,8 @@ import shutil
 import subprocess
 
 import torch
-import torch.nn.functional as F
 
 from ..generate import check_autoregressive, generate
-from ..models.openvision2 import caption_targets
 from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
 
@@ -33,12 +31,9 @@ def perplexity(model, tokenizer: CaptionTokenizer, images: torch.Tensor, caption
     try:
         for start in range(0, len(images), batch_size):
             ids = tokenizer.encode(captions[start:start + batch_size], model.config.text_len).to(device)
-            inputs, targets, mask = caption_targets(ids, tokenizer.pad_id)
-            visual = model.visual_prefix(normalize(images[start:start + batch_size].to(device)))
-            logits = model.decoder(visual, inputs)
-            token_nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-            nll += (token_nll * mask.flatten()).sum().item()
-            count += mask.sum().item()
+            out = model(normalize(images[start:start + batch_size].to(device)), ids)  # the training loss's terms
+            nll += out["nll_sum"].item()
+            count += int(out["num_tokens"])
     finally:
         model.train(was_training)
     mean = nll / max(count, 1)

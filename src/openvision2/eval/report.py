@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -21,6 +21,8 @@ from PIL import Image
 from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..errors import UserError
 from ..generate import generate
+from .config import EvalConfig
+from .periodic import HeldOut, captions_for, run_evals
 
 PLOTS = (("loss", "caption loss", ("loss", "val_loss")), ("lr", "learning rate", ("lr",)),
          ("throughput", "images / s", ("images_per_s",)))
@@ -92,17 +94,24 @@ def plot_curves(records: list[dict], out_dir: Path) -> list[tuple[str, str]]:
     return made
 
 
-def _train_config(run_dir: Path, checkpoint_meta: dict):
-    from ..train.config import TrainConfig
-
+def _run_config(run_dir: Path, checkpoint_meta: dict) -> tuple[EvalConfig, HeldOut, str]:
+    """The run's eval section, held-out data and method, from the checkpoint's saved training config
+    or the run's config.json (sectioned, or flat as written before the config had sections)."""
     data = checkpoint_meta.get("train")
     if data is None and (run_dir / "config.json").is_file():
         data = json.loads((run_dir / "config.json").read_text())
-    known = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in (data or {}).items() if k in known})
-    model_meta = checkpoint_meta.get("model", {})
-    config.image_size = model_meta.get("image_size", config.image_size)
-    return config
+    data = data or {}
+
+    def read(section: str, key: str, default, alias: str | None = None):
+        nested = data.get(section)
+        if isinstance(nested, dict):
+            return nested.get(key, default)
+        return data.get(alias or key, default)
+
+    known = {f.name: f for f in fields(EvalConfig)}
+    config = EvalConfig(**{name: read("eval", name, f.default, f.metadata.get("alias")) for name, f in known.items()})
+    held_out = HeldOut(read("data", "dataset", "synthetic"), read("data", "val_shards", ""), read("run", "seed", 0))
+    return config, held_out, read("model", "method", checkpoint_meta.get("model", {}).get("method", "openvision2"))
 
 
 def _save_image(image: torch.Tensor, path: Path, min_side: int = 160) -> None:
@@ -153,16 +162,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, num_ima
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_checkpoint(run_dir)
     model, tokenizer, meta = load_checkpoint(checkpoint, device=device)
-    config = _train_config(run_dir, meta)
-    config.eval_images = eval_images
+    config, data, method = _run_config(run_dir, meta)
     records = read_metrics(run_dir / "metrics.jsonl")
     plots = plot_curves(records, out_dir)
 
-    from .periodic import captions_for, run_evals
-
-    evaluations = run_evals(model, tokenizer, config, evals) if evals else {}
-    config.eval_images = num_images
-    held_out = captions_for(config)
+    evaluations = run_evals(model, tokenizer, replace(config, images=eval_images), data, evals) if evals else {}
+    held_out = captions_for(replace(config, images=num_images), data, model.config.image_size)
     predictions = generate(model, tokenizer, held_out.images, **decoding).texts if num_images else []
     samples = []
     for i, (image, refs, prediction) in enumerate(zip(held_out.images, held_out.references, predictions)):
@@ -171,7 +176,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, num_ima
     last = {k: v for r in records for k, v in r.items() if k != "step"}
     summary = {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "step": meta.get("step", "?"),
                "model": f"{model.config.encoder} + decoder {model.config.decoder} @ {model.config.image_size}px",
-               "method": config.method, "dataset": config.dataset,
+               "method": method, "dataset": data.dataset,
                **{f"last {k}": last[k] for k in ("loss", "val_loss") if k in last}}
     page = render_html(f"OpenVision 2 run report: {run_dir.name}", summary, plots, evaluations, samples)
     (out_dir / "index.html").write_text(page, encoding="utf-8")

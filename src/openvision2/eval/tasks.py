@@ -12,20 +12,15 @@ in the shards' caption templates.
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data import synthetic
 from ..errors import UserError
-from ..preprocess import pil_to_uint8
 
 SYNTHETIC_TASKS = ("synthetic-object", "synthetic-colour", "synthetic-shape")
 TASKS = (*SYNTHETIC_TASKS, "fashion-mnist")
@@ -37,6 +32,7 @@ _OPENINGS = (("a", "small", False), ("a", "large", False), ("two", "small", True
 class Split:
     images: torch.Tensor  # uint8 [N, 3, S, S]
     labels: torch.Tensor  # long [N]
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples passed over, by reason
 
 
 @dataclass
@@ -91,45 +87,36 @@ def synthetic_task(task: str, image_size: int, num_train: int = 2000, num_test: 
                               _single_group_split("val", num_test, image_size, seed, label_of))
 
 
-def _key_and_ext(name: str) -> tuple[str, str]:
-    """WebDataset's grouping: the key is the path up to the first dot of the file name."""
-    folder, _, base = name.rpartition("/")
-    stem, _, ext = base.partition(".")
-    return f"{folder}/{stem}" if folder else stem, ext.lower()
+def read_held_out(shards: str | list[str], image_size: int, count: int, caption_key: str = "txt",
+                  accept=None) -> tuple[list, dict[str, int]]:
+    """The first `count` usable samples of shards in shard order, through the training data reader:
+    a bad sample (corrupt image, non-UTF-8 caption, bad json, a file that is not a tar archive ...) is
+    skipped, counted by reason and logged, never fatal. Returns (accept(sample) of each, skipped counts)."""
+    from ..data.augment import EvalResize
+    from ..data.shards import ShardDataset
+
+    if count < 1:
+        raise UserError(f"the number of held-out images must be >= 1, got {count}")
+    dataset = ShardDataset(shards, EvalResize(image_size, draft=False), caption_key=caption_key, shuffle=False,
+                           epochs=1, with_meta=True)
+    return dataset.first(count, accept)
 
 
-def _read_shards(paths: list[Path], limit: int, image_size: int) -> tuple[Split, dict]:
-    """The first `limit` samples with an image and a json label from tar shards, in shard order."""
-    samples: dict[str, dict] = {}
-    order: list[str] = []
-    for path in paths:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = _key_and_ext(member.name)
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                samples[key][ext] = tar.extractfile(member).read()
-        if sum("json" in samples[k] for k in order) >= limit:
-            break
-    images, labels, meta = [], [], {}
-    for key in order:
-        sample = samples[key]
-        image_ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in sample), None)
-        if image_ext is None or "json" not in sample:
-            continue
-        info = json.loads(sample["json"])
-        with Image.open(io.BytesIO(sample[image_ext])) as image:
-            images.append(pil_to_uint8(image, image_size))
-        labels.append(int(info["label"]))
-        meta.setdefault(int(info["label"]), info)
-        if len(images) == limit:
-            break
-    if not images:
-        raise UserError(f"no labelled samples in {', '.join(map(str, paths))}")
-    return Split(torch.stack(images), torch.tensor(labels)), meta
+def _read_shards(paths: list[Path], limit: int, image_size: int, num_classes: int) -> Split:
+    """The first `limit` samples with an image and a json label (a class index) from tar shards, in shard order."""
+    from ..data.badsamples import BadSample
+
+    def labelled(sample: dict) -> tuple[torch.Tensor, int]:
+        label = sample["meta"].get("label")
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < num_classes:
+            raise BadSample("missing_label", f"json label {label!r} is not a class index below {num_classes}")
+        return sample["image"], label
+
+    found, skipped = read_held_out([str(p) for p in paths], image_size, limit, caption_key="", accept=labelled)
+    if not found:
+        raise UserError(f"no labelled samples in {', '.join(map(str, paths))}"
+                        + (f" (skipped: {skipped})" if skipped else ""))
+    return Split(torch.stack([image for image, _ in found]), torch.tensor([label for _, label in found]), skipped)
 
 
 @lru_cache(maxsize=4)
@@ -142,8 +129,8 @@ def fashion_mnist_task(shard_dir: str, image_size: int, num_train: int = 2000, n
     if not test_paths or not train_paths:
         raise UserError(f"no Fashion-MNIST shards (train-*.tar and test-*.tar) in {root}: "
                         "write them with `ov2 shards --fashion-mnist --out DIR`")
-    train, _ = _read_shards(train_paths, num_train, image_size)
-    test, _ = _read_shards(test_paths, num_test, image_size)
+    train = _read_shards(train_paths, num_train, image_size, len(CLASSES))
+    test = _read_shards(test_paths, num_test, image_size, len(CLASSES))
     prompts = [[text.rstrip(".") for text in captions_for(label)] for label in range(len(CLASSES))]
     return ClassificationTask("fashion-mnist", list(CLASSES), prompts, train, test)
 
@@ -171,6 +158,7 @@ def load_task(name: str, image_size: int, *, num_train: int = 2000, num_test: in
 class CaptionSet:
     images: torch.Tensor  # uint8 [N, 3, S, S]
     references: list[list[str]]  # per image, its reference captions (the first is its own caption)
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples passed over, by reason
 
 
 def synthetic_captions(count: int, image_size: int, seed: int = 0) -> CaptionSet:
@@ -181,33 +169,24 @@ def synthetic_captions(count: int, image_size: int, seed: int = 0) -> CaptionSet
 
 
 def shard_captions(shards: str, count: int, image_size: int) -> CaptionSet:
-    """The first `count` samples of tar shards (a directory, preferring test-*.tar, or one .tar file):
-    the txt member is the caption; a json "captions" list adds references."""
+    """The first `count` samples of tar shards (a directory, preferring test-*.tar; a .tar file; or a
+    shard pattern, remote ones included: data/remote.py): the txt member is the caption; a json
+    "captions" list adds references."""
+    from ..data.shards import MAX_CAPTION_CHARS
+
     root = Path(shards)
-    paths = [root] if root.is_file() else sorted(root.glob("test-*.tar")) or sorted(root.glob("*.tar"))
+    paths = [str(p) for p in (sorted(root.glob("test-*.tar")) or sorted(root.glob("*.tar")))] if root.is_dir() \
+        else shards
     if not paths:
         raise UserError(f"no .tar shards at {shards}")
-    images, references = [], []
-    for path in paths:
-        with tarfile.open(path) as tar:
-            samples: dict[str, dict] = {}
-            for member in tar:
-                if member.isfile():
-                    key, ext = _key_and_ext(member.name)
-                    samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
-        for sample in samples.values():
-            image_ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in sample), None)
-            if image_ext is None or "txt" not in sample:
-                continue
-            refs = [sample["txt"].decode("utf-8").strip()]
-            if "json" in sample:
-                extra = json.loads(sample["json"]).get("captions", [])
-                refs += [c for c in extra if isinstance(c, str) and c != refs[0]]
-            with Image.open(io.BytesIO(sample[image_ext])) as image:
-                images.append(pil_to_uint8(image, image_size))
-            references.append(refs)
-            if len(images) == count:
-                return CaptionSet(torch.stack(images), references)
-    if not images:
-        raise UserError(f"no captioned images in {shards}")
-    return CaptionSet(torch.stack(images), references)
+
+    def references(sample: dict) -> tuple[torch.Tensor, list[str]]:
+        refs, extra = [sample["caption"]], sample["meta"].get("captions")
+        if isinstance(extra, list):  # cut like the caption itself
+            refs += [c[:MAX_CAPTION_CHARS] for c in extra if isinstance(c, str) and c != refs[0]]
+        return sample["image"], refs
+
+    found, skipped = read_held_out(paths, image_size, count, accept=references)
+    if not found:
+        raise UserError(f"no captioned images in {shards}" + (f" (skipped: {skipped})" if skipped else ""))
+    return CaptionSet(torch.stack([image for image, _ in found]), [refs for _, refs in found], skipped)

@@ -12,7 +12,7 @@ The libraries are imported only when a format needs them (pip extra `interop`).
 from .decoder_format import load_captioner, load_decoder
 from .export import FORMATS, export_checkpoint, write_export
 from .importer import import_open_clip, import_pretrained, load_open_clip, load_pretrained
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 from .spec import EncoderSpec
 
 __all__ = ["EncoderSpec", "FORMATS", "Preprocess", "export_checkpoint", "import_open_clip", "load_captioner",

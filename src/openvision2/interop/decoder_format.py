@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..models.decoder import CaptionDecoder
 from ..models.registry import Size
 from ..tokenizer import CaptionTokenizer
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 
 CONFIG = "decoder_config.json"
 WEIGHTS = "decoder.safetensors"

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import UserError
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
+from .model_card import model_card
 from .spec import EncoderSpec
 
 FORMATS = ("timm", "hf", "hf-clip", "hf-siglip", "open_clip", "decoder")
@@ -20,9 +21,10 @@ def preprocess_of(model, meta: dict) -> Preprocess:
     return Preprocess(size=model.config.image_size)
 
 
-def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path) -> Path:
-    """Write `fmt` into `out` (a new or empty directory); built in a sibling temp dir, then renamed,
-    so a failed export leaves nothing half-written."""
+def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path, source: str | None = None) -> Path:
+    """Write `fmt` into `out` (a new or empty directory) with its model card (README.md; `source` names
+    the checkpoint); built in a sibling temp dir, then renamed, so a failed export leaves nothing
+    half-written."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     out = Path(out)
@@ -35,7 +37,10 @@ def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path) -> Pat
         raise UserError("this checkpoint has no decoder (an encoder-only import): nothing to export as 'decoder'")
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as err:  # a path under a file, a read-only file system, no permission
+        raise UserError(f"cannot create --out {out}: {err.strerror or err}") from None
     try:
         if fmt == "timm":
             from .timm_format import save_timm_dir
@@ -49,6 +54,10 @@ def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path) -> Pat
         else:
             from .hf_format import save_hf_dir
             save_hf_dir(state, spec, preprocess, tmp, fmt)
+        (tmp / "README.md").write_text(model_card(fmt, spec, preprocess, meta, source, out.name))
+    except OSError as err:  # e.g. the disk fills up
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the export into {out}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -59,9 +68,9 @@ def write_export(model, tokenizer, meta: dict, fmt: str, out: str | Path) -> Pat
 
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path) -> Path:
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, resolve_checkpoint
 
     if fmt not in FORMATS:  # before loading anything
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
     model, tokenizer, meta = load_checkpoint(checkpoint)
-    return write_export(model, tokenizer, meta, fmt, out)
+    return write_export(model, tokenizer, meta, fmt, out, source=str(resolve_checkpoint(checkpoint)))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .preprocessing import PIL_RESAMPLE, Preprocess
+from ..preprocess import PIL_RESAMPLE, Preprocess
 from .spec import LAYER_NORM_EPS, EncoderSpec, split_qkv
 from .timm_format import from_timm, to_timm
 

@@ -14,11 +14,12 @@ every format, and refuses to caption. Its config.json keeps the source's preproc
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from ..errors import UserError
 from ..models.openvision2 import OpenVision2
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 
 SOURCES = ("open_clip", "timm", "hf")
 
@@ -34,12 +35,26 @@ def detect_source(directory: str | Path) -> str:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError):
         config = {}
+    if "auto_map" in config:  # transformers' trust_remote_code models
+        raise UserError(f"{directory} needs its own Python code to load (auto_map in config.json), and ov2 never "
+                        "runs code from a model directory: export it as a plain ViTModel / CLIPVisionModel first")
     if "architecture" in config:
         return "timm"
     if "model_type" in config:
         return "hf"
     raise UserError(f"{directory} has neither open_clip_config.json nor a timm / transformers config.json: "
                     "not a directory ov2 import can read")
+
+
+def load_failure(err: Exception) -> str:
+    """One line saying why a library could not load weights (their messages run to several lines)."""
+    import pickle
+
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text:
+        return ("the weights are a pickle that needs code to load, and ov2 never runs code from a file: "
+                "save them as safetensors")
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 def load_pretrained(directory: str | Path) -> tuple[OpenVision2, Preprocess, dict]:
@@ -51,7 +66,15 @@ def load_pretrained(directory: str | Path) -> tuple[OpenVision2, Preprocess, dic
         from .timm_format import read_timm_dir as read
     else:
         from .hf_format import read_hf_dir as read
-    spec, state, preprocess, notes = read(directory)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # said in the one line below
+            spec, state, preprocess, notes = read(directory)
+    except UserError:
+        raise
+    except Exception as err:  # inside timm / transformers: missing, truncated or refused weights, unknown names
+        library = {"hf": "transformers"}.get(source, source)
+        raise UserError(f"cannot load {directory} as a {library} model: {load_failure(err)}") from None
     model = OpenVision2(spec.model_config(), device="meta")
     model.encoder.load_state_dict(state, strict=True, assign=True)
     return model.eval(), preprocess, dict(source=source, **notes)

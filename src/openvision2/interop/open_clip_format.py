@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 from .spec import LAYER_NORM_EPS, EncoderSpec, mlp_ratio
 
 CONFIG = "open_clip_config.json"
@@ -135,7 +135,9 @@ def _load_weights(directory: Path) -> dict[str, torch.Tensor]:
                     return load_file(path)
                 return torch.load(path, map_location="cpu", weights_only=True)  # never runs code
             except Exception as err:  # SafetensorError, pickle errors: an unreadable file
-                raise UserError(f"cannot read {path}: {err}") from None
+                from .importer import load_failure
+
+                raise UserError(f"cannot read {path}: {load_failure(err)}") from None
     raise UserError(f"no open_clip weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .preprocessing import Preprocess
+from ..preprocess import Preprocess
 from .spec import LAYER_NORM_EPS, EncoderSpec, mlp_ratio
 
 ARCHITECTURE = "vit_base_patch16_224"  # any registered ViT: model_args set every shape and option

@@ -10,7 +10,7 @@ would give identical outputs at every position, so parallel prediction needs tex
 
 The rest is OpenVision 2's: the concat decoder rather than CapPa's cross-attention decoder, and the
 token-mean loss rather than CapPa's per-sequence mean, so that the ablation changes one thing.
-A CapPa checkpoint loads as an OpenVision 2 model (the weights are the same; only training differs).
+A CapPa checkpoint records method cappa; its weights are an OpenVision 2 model's (only training differs).
 """
 
 from __future__ import annotations
@@ -18,27 +18,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..errors import UserError
+from ..options import with_default
+from .config import ModelConfig
 from .decoder import attention_mask
-from .openvision2 import ModelConfig, OpenVision2, caption_targets
+from .losses import caption_nll, caption_targets
+from .openvision2 import OpenVision2
 
 
 @dataclass
 class CapPaConfig(ModelConfig):
-    keep_ratio: float = 1.0
-    parallel_prob: float = 0.0  # CapPa's masked_pred_prob (0.75 in its reference config)
-    mask_id: int = 103  # [MASK] in OpenVision's WordPiece vocabulary
+    """ModelConfig with CapPa's defaults: method cappa, every visual token kept. parallel_prob is
+    CapPa's masked_pred_prob (0.75 in its reference config); mask_id 103 is [MASK] in OpenVision's
+    WordPiece vocabulary."""
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not 0.0 <= self.parallel_prob <= 1.0:
-            raise UserError(f"parallel_prob must be in [0, 1], got {self.parallel_prob}")
-        if self.parallel_prob > 0 and self.text_pos == "none":
-            raise UserError("parallel prediction needs text positions: set text_pos=learned")
-        if self.parallel_prob > 0 and not 0 <= self.mask_id < self.vocab_size:
-            raise UserError(f"mask_id {self.mask_id} is outside the vocabulary of {self.vocab_size}")
+    method: str = with_default(ModelConfig, "method", "cappa")
+    keep_ratio: float = with_default(ModelConfig, "keep_ratio", 1.0)
 
 
 def parallel_attention_mask(num_visual: int, num_text: int, kind: str, parallel: torch.Tensor) -> torch.Tensor:
@@ -59,8 +54,4 @@ class CapPa(OpenVision2):
             parallel = torch.rand(len(inputs), device=inputs.device) < cfg.parallel_prob
             inputs = torch.where(parallel[:, None], torch.full_like(inputs, cfg.mask_id), inputs)
             attn_mask = parallel_attention_mask(visual.shape[1], inputs.shape[1], cfg.decoder_mask, parallel)
-        logits = self.decoder(visual, inputs, attn_mask=attn_mask)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        nll_sum = (nll * mask.flatten()).sum()
-        num_tokens = mask.sum()
-        return {"loss": nll_sum / (num_tokens + 1e-8), "nll_sum": nll_sum, "num_tokens": num_tokens}
+        return caption_nll(self.decoder.hidden(visual, inputs, attn_mask=attn_mask), self.decoder.head, targets, mask)

@@ -7,17 +7,14 @@ positions go through the final LayerNorm and the bias-free vocabulary head.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .config import DECODER_MASKS, TEXT_POSITIONS
 from .registry import Size
-
-DECODER_MASKS = ("causal", "prefix")
-TEXT_POSITIONS = ("none", "learned")
 _INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (SPEC §2)
 
 
@@ -35,15 +32,15 @@ class DecoderBlock(nn.Module):
         self.fc2 = nn.Linear(mlp_dim, width, device=device)
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """The released text-decoder block initialisation (SPEC §2)."""
+    def reset_parameters(self, fan_in: bool = False) -> None:
+        """The released text-decoder block initialisation (SPEC §2); fan_in: every weight
+        N(0, 1/fan_in) instead, as OpenVision 1's text encoder initialises its blocks (SPEC §6)."""
         width = self.qkv.in_features
         out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
-        nn.init.normal_(self.qkv.weight, std=width ** -0.5)
-        nn.init.normal_(self.proj.weight, std=out_std)
-        nn.init.normal_(self.fc1.weight, std=(2 * width) ** -0.5)
-        nn.init.normal_(self.fc2.weight, std=out_std)
-        for linear in (self.qkv, self.proj, self.fc1, self.fc2):
+        stds = ((width ** -0.5, out_std, (2 * width) ** -0.5, out_std) if not fan_in else
+                tuple(linear.in_features ** -0.5 for linear in (self.qkv, self.proj, self.fc1, self.fc2)))
+        for linear, std in zip((self.qkv, self.proj, self.fc1, self.fc2), stds):
+            nn.init.normal_(linear.weight, std=std)
             nn.init.zeros_(linear.bias)
         for norm in (self.norm1, self.norm2):
             nn.init.ones_(norm.weight)
@@ -87,7 +84,38 @@ def attention_mask(num_visual: int, num_text: int, kind: str, device=None) -> to
     return mask
 
 
-class CaptionDecoder(nn.Module):
+class BlockStack(nn.Module):
+    """The shape the three text transformers share (the caption decoder, OpenVision 1's text encoder
+    and its query decoder): DecoderBlocks, a final LayerNorm and a bias-free output layer (named
+    by head_name: the vocabulary head, or the text encoder's projection)."""
+
+    head_name = "head"
+
+    def build_stack(self, size: Size, out_dim: int, device=None) -> None:
+        self.width = size.width
+        self.blocks = nn.ModuleList(DecoderBlock(size.width, size.heads, size.mlp_dim, device=device)
+                                    for _ in range(size.depth))
+        self.norm = nn.LayerNorm(size.width, eps=1e-6, device=device)
+        setattr(self, self.head_name, nn.Linear(size.width, out_dim, bias=False, device=device))
+        if device is None or torch.device(device).type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_stack(self, fan_in_blocks: bool = False) -> None:
+        """Blocks (released or fan-in init), final LayerNorm (1, 0), output layer N(0, 1/width)."""
+        for block in self.blocks:
+            block.reset_parameters(fan_in=fan_in_blocks)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        nn.init.normal_(getattr(self, self.head_name).weight, std=self.width ** -0.5)
+
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+class CaptionDecoder(BlockStack):
     def __init__(self, size: Size, vision_width: int, vocab_size: int, max_text_len: int,
                  mask: str = "causal", text_pos: str = "none", device=None):
         super().__init__()
@@ -96,36 +124,26 @@ class CaptionDecoder(nn.Module):
         if text_pos not in TEXT_POSITIONS:
             raise UserError(f"unknown text_pos {text_pos!r}: use one of {', '.join(TEXT_POSITIONS)}")
         self.mask_kind = mask
-        self.width = size.width
         self.token_embed = nn.Embedding(vocab_size, size.width, device=device)
         # As released the decoder has no position embedding; learned text positions are an option.
         self.text_pos = (nn.Parameter(torch.zeros(max_text_len, size.width, device=device))
                          if text_pos == "learned" else None)
         self.visual_proj = nn.Linear(vision_width, size.width, bias=False, device=device)
-        self.blocks = nn.ModuleList(DecoderBlock(size.width, size.heads, size.mlp_dim, device=device)
-                                    for _ in range(size.depth))
-        self.norm = nn.LayerNorm(size.width, eps=1e-6, device=device)
-        self.head = nn.Linear(size.width, vocab_size, bias=False, device=device)
-        if device is None or torch.device(device).type != "meta":
-            self.reset_parameters()
+        self.build_stack(size, vocab_size, device)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """The released initialisation (SPEC §2)."""
-        width = self.width
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.visual_proj.weight, std=self.visual_proj.in_features ** -0.5)
         if self.text_pos is not None:
             nn.init.normal_(self.text_pos, std=0.01)
-        for block in self.blocks:
-            block.reset_parameters()
-        nn.init.ones_(self.norm.weight)
-        nn.init.zeros_(self.norm.bias)
-        nn.init.normal_(self.head.weight, std=width ** -0.5)
+        self.reset_stack()
 
-    def forward(self, visual: torch.Tensor, text_ids: torch.Tensor,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """visual [B, K, D_img], text_ids [B, T] -> logits [B, T, vocab] at the text positions.
+    def hidden(self, visual: torch.Tensor, text_ids: torch.Tensor,
+               attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """visual [B, K, D_img], text_ids [B, T] -> final-LayerNorm outputs [B, T, width] at the text
+        positions (the vocabulary head turns them into logits; models/losses.py caption_nll).
 
         attn_mask (bool, [K+T, K+T] or [B, 1, K+T, K+T], True = may attend) replaces the configured
         mask, e.g. for CapPa's parallel prediction (models/cappa.py)."""
@@ -137,9 +155,12 @@ class CaptionDecoder(nn.Module):
         x = torch.cat([projected, text.to(projected.dtype)], dim=1)
         mask = (attention_mask(num_visual, num_text, self.mask_kind, device=x.device)
                 if attn_mask is None else attn_mask)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.norm(x[:, num_visual:]))
+        return self.norm(self.run_blocks(x, mask)[:, num_visual:])
+
+    def forward(self, visual: torch.Tensor, text_ids: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """visual [B, K, D_img], text_ids [B, T] -> logits [B, T, vocab] at the text positions."""
+        return self.head(self.hidden(visual, text_ids, attn_mask))
 
     def forward_cached(self, text_ids: torch.Tensor, cache: "KVCache | None" = None,
                        visual: torch.Tensor | None = None) -> tuple[torch.Tensor, "KVCache"]:

@@ -1,64 +1,18 @@
-"""OpenVision 2: ViT encoder -> random subset of its output tokens -> caption decoder (SPEC §0-3)."""
+"""OpenVision 2: ViT encoder -> random subset of its output tokens -> caption decoder (SPEC §0-3).
+ModelConfig and caption_targets are re-exported here, where they used to live."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .config import NO_DECODER, ModelConfig
 from .decoder import CaptionDecoder
-from .masking import check_keep_ratio, keep_random_tokens
+from .losses import caption_nll, caption_targets
+from .masking import keep_random_tokens
 from .registry import decoder_size
 from .vit import create_encoder
-
-NO_DECODER = "none"  # ModelConfig.decoder for an encoder-only model
-
-
-@dataclass
-class ModelConfig:
-    """Everything needed to rebuild the model; saved as config.json beside the weights."""
-
-    encoder: str = "L/14"
-    decoder: str = "L"
-    image_size: int = 224
-    keep_ratio: float = 0.35  # fraction of the encoder's output tokens the decoder sees in training
-    decoder_mask: str = "causal"  # "causal" as released, or "prefix" (visual tokens bidirectional)
-    text_pos: str = "none"  # "none" as released, or "learned" text positions
-    vocab_size: int = 32000
-    text_len: int = 128  # caption sequence length including the trailing [CLS] (SPEC §3.2)
-    pad_id: int = 0
-    # Encoder options beyond the paper (default = the paper's ViT): a LayerNorm before the blocks
-    # (what HF CLIPVisionModel / LLaVA-1.5 need) and no CLS token (what SiglipVisionModel needs).
-    pre_norm: bool = False
-    class_token: bool = True
-
-    def __post_init__(self):
-        check_keep_ratio(self.keep_ratio)
-        if self.text_len < 3:
-            raise UserError(f"text_len must be at least 3 ([bos], [eos], [CLS]), got {self.text_len}")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def caption_targets(captions: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decoder inputs, targets and loss mask from [B, L] caption sequences (SPEC §3.3).
-
-    inputs = positions 0..L-2, target[i] = token[i+1]; the mask is the non-pad mask of the inputs
-    shifted left by one with a 0 appended: 1 where the target is a real piece or [eos], 0 for
-    pads and for the trailing [CLS].
-    """
-    inputs, targets = captions[:, :-1], captions[:, 1:]
-    mask = torch.cat([inputs[:, 1:] != pad_id, torch.zeros_like(inputs[:, :1], dtype=torch.bool)], dim=1)
-    return inputs, targets, mask
 
 
 class OpenVision2(nn.Module):
@@ -89,12 +43,11 @@ class OpenVision2(nn.Module):
         return tokens
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Caption loss. Returns the token-mean loss plus its parts (nll_sum, num_tokens), so callers
-        can normalise by a count taken over several micro-batches or ranks instead."""
+        """Caption loss: {nll_sum, num_tokens, loss} (models/losses.py), so callers can normalise by a
+        count taken over several micro-batches or ranks instead of the token mean."""
         self.require_decoder()
         inputs, targets, mask = caption_targets(captions, self.config.pad_id)
-        logits = self.decoder(self.visual_prefix(images), inputs)
-        nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-        nll_sum = (nll * mask.flatten()).sum()
-        num_tokens = mask.sum()
-        return {"loss": nll_sum / (num_tokens + 1e-8), "nll_sum": nll_sum, "num_tokens": num_tokens}
+        return caption_nll(self.decoder.hidden(self.visual_prefix(images), inputs), self.decoder.head, targets, mask)
+
+
+__all__ = ["ModelConfig", "NO_DECODER", "OpenVision2", "caption_targets"]

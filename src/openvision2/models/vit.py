@@ -21,8 +21,16 @@ from torch import nn
 from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 
+from ..preprocess import Preprocess
 from .posemb import sincos_2d, sincos_2d_with_cls
 from .registry import parse_encoder_name
+
+
+def pretrained_cfg(image_size: int) -> dict:
+    """timm's pretrained_cfg of an encoder at image_size: the preprocessing it was trained with (squash
+    resize to image_size, bilinear, ImageNet mean/std, no crop), as a feature extractor (no head)."""
+    return dict(Preprocess(image_size).timm(), num_classes=0, first_conv="patch_embed.proj", classifier="head",
+                paper_ids="arXiv:2509.01644")
 
 
 class BiasFreePatchEmbed(PatchEmbed):
@@ -57,6 +65,8 @@ class OpenVisionViT(VisionTransformer):
             weight_init="skip", device=device,
         )
         self.mlp_dim = mlp_dim
+        # What timm's resolve_data_config reads; without it timm assumes 224 px bicubic centre-crop 0.875.
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg(img_size)
         if self.patch_embed.proj.weight.device.type != "meta":
             self.reset_parameters()
 

@@ -1,96 +1,207 @@
-"""The training configuration: one flat dataclass, filled by a named preset and `key=value` overrides."""
+"""The training configuration, in sections as torchtitan's and big_vision's are: model (models/config.py),
+data (data/config.py), optim, parallel, eval (eval/config.py) and run. A named preset fills it and
+`key=value` overrides change it; each layer is handed only its section.
+
+Keys: `section.field` (e.g. model.keep_ratio=0.25), or the flat name every field had before the
+config had sections (keep_ratio=0.25, eval_every=50, parallel=fsdp), which stays an alias, for
+overrides and for attribute access (config.keep_ratio). Every field declares its meaning and valid
+range (options.option), so `ov2 train --list-keys` and the up-front validation read one declaration.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 from dataclasses import asdict, dataclass, fields
 
+from ..data.config import DataConfig
 from ..errors import UserError
-from ..models import ModelConfig
+from ..eval.config import EvalConfig
+from ..models.config import ModelConfig
+from ..options import check_fields, default_of, describe, option
+
+PARALLEL_STRATEGIES = ("auto", "none", "ddp", "fsdp")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
-class TrainConfig:
-    # --- model (SPEC §1-3) ---
-    method: str = "openvision2"
-    encoder: str = "L/14"
-    decoder: str = "L"
-    image_size: int = 224
-    keep_ratio: float = 0.35
-    decoder_mask: str = "causal"
-    text_pos: str = "none"
-    text_len: int = 128
-    # encoder options beyond the paper: pre_norm=true for an HF CLIPVisionModel (LLaVA-1.5) export,
-    # class_token=false for a SiglipVisionModel export (`ov2 export --format hf-clip|hf-siglip`)
-    pre_norm: bool = False
-    class_token: bool = True
-    # --- baselines: method=openvision1 (SPEC §6) and method=cappa (SPEC §5.3, §10.1) ---
-    text_encoder: str = ""  # OpenVision 1's text encoder size; empty = the decoder's size
-    alt_text_len: int = 80  # OpenVision 1's alt-text / sub-caption length, [CLS] included
-    parallel_prob: float = 0.0  # CapPa: share of examples predicted in parallel from [MASK] inputs
-    # --- tokenizer: "wordpiece" (OpenVision's BERT ids, 32k head) or "bpe" (trained on the captions) ---
-    tokenizer: str = "wordpiece"
-    tokenizer_path: str = ""  # a BERT vocab.txt / tokenizer.json; empty = the bundled one
-    bpe_vocab_size: int = 256
-    # --- data ---
-    dataset: str = "synthetic"
-    train_samples: int = 100_000  # size of the embedded dataset's train split
-    val_samples: int = 256  # held-out images for the validation loss and the printed captions
-    num_workers: int = 1
-    # --- WebDataset shards (dataset=shards; `ov2 shards` writes them; data/shards.py) ---
-    train_shards: str = ""  # "data/train-{000000..000099}.tar", a directory, or weighted "a-{0..9}.tar@0.7;b.tar@0.3"
-    val_shards: str = ""  # held-out shards: the first val_samples of them, in order, resized
-    caption_key: str = "txt"  # a member (txt) or a json key (re_caption); a list field gives one caption per visit
-    alt_caption_key: str = ""  # the alt-text for methods that use one (e.g. org_caption); empty = the caption
-    shuffle_buffer: int = 10_000  # samples shuffled together (SPEC §4.1 uses 250 000)
-    sample_with_replacement: bool = False  # draw shards at random instead of epoch permutations
-    max_image_pixels: int = 89_478_485  # larger images are skipped as decompression bombs (PIL's limit)
-    # --- optimisation (SPEC §4.4, §4.5) ---
-    batch_size: int = 256
-    steps: int = 1000
-    warmup_steps: int = 100
-    base_lr: float = 8e-6  # peak LR = base_lr * batch_size / 256
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    caption_loss_weight: float = 2.0  # the release scales the loss by 2; reported losses are unscaled
-    precision: str = "auto"  # "auto": bf16 autocast where bf16 matmuls are fast, else fp32; or "bf16"/"fp32"
-    seed: int = 0
-    # --- bookkeeping ---
-    log_every: int = 10
-    eval_every: int = 100
-    ckpt_every: int = 500
-    keep_checkpoints: int = 2
-    show_captions: int = 8  # held-out images printed with their captions at the end
-    # --- evaluations every eval_every steps and at the end (eval/periodic.py run_evals) ---
-    evals: str = "zeroshot,captions"  # comma list of zeroshot, captions, probe; empty = none
-    eval_images: int = 256  # held-out images per evaluation (probes train on twice as many)
-    eval_task: str = ""  # zero-shot/probe task; empty = the dataset's (synthetic-object); or fashion-mnist
-    eval_shards: str = ""  # Fashion-MNIST shard directory for eval_task=fashion-mnist; empty = val_shards' directory
-    # --- scale-out (torchrun): wrapping, accumulation, initialisation, faults ---
-    parallel: str = "auto"  # "auto" (ddp with >1 rank, else none), "none", "ddp" or "fsdp" (FSDP2 per block)
-    grad_accum: int = 1  # micro-batches per step and rank; batch_size stays the global batch
-    activation_checkpointing: str = "none"  # "none", "full" or "selective" (keeps matmul outputs), per block
-    compile: bool = False  # torch.compile each transformer block
-    meta_init: bool = False  # build on the meta device, shard, then initialise (1B+ models under FSDP)
-    init_from: str = ""  # checkpoint or run directory whose weights start this run (next curriculum stage)
-    max_bad_steps: int = 20  # consecutive steps with a NaN/inf loss or gradient before the run stops
-    peak_tflops: float = 0.0  # per-device peak for MFU; 0 = known GPUs only
-    tensorboard: bool = True  # also log to out/tensorboard
+class OptimConfig:
+    """AdamW with warmup + cosine (SPEC §4.4, §4.5)."""
+
+    batch_size: int = option(256, "global batch (all ranks and micro-batches together)", low=1)
+    steps: int = option(1000, "optimizer steps", low=1)
+    warmup_steps: int = option(100, "linear warmup steps", low=0)
+    base_lr: float = option(8e-6, "learning rate per 256 images: peak LR = base_lr x batch_size / 256",
+                            low=0.0, low_open=True)
+    weight_decay: float = option(0.2, "AdamW weight decay (decoupled)", low=0.0)
+    beta1: float = option(0.9, "AdamW beta1", low=0.0, high=1.0)
+    beta2: float = option(0.95, "AdamW beta2", low=0.0, high=1.0)
+    eps: float = option(1e-8, "AdamW epsilon", low=0.0, low_open=True)
+    caption_loss_weight: float = option(2.0, "weight of the caption loss (the release's x2); reported losses "
+                                             "are unweighted", low=0.0, low_open=True)
 
     @property
     def peak_lr(self) -> float:
         return self.base_lr * self.batch_size / 256
 
+
+@dataclass
+class ParallelConfig:
+    """Scale-out under torchrun: wrapping, accumulation, initialisation, precision (docs/DISTRIBUTED.md)."""
+
+    strategy: str = option("auto", "auto (ddp with >1 rank, else none), none, ddp or fsdp (FSDP2 per block)",
+                           choices=PARALLEL_STRATEGIES, alias="parallel")
+    grad_accum: int = option(1, "micro-batches per step and rank; batch_size stays the global batch", low=1)
+    activation_checkpointing: str = option("none", "per block: none, full, or selective (keeps matmul outputs)",
+                                           choices=ACTIVATION_CHECKPOINTING)
+    compile: bool = option(False, "torch.compile each transformer block")
+    meta_init: bool = option(False, "build on the meta device, shard, then initialise (1B+ models under FSDP)")
+    precision: str = option("auto", "auto (bf16 autocast where bf16 matmuls are fast, else fp32), bf16 or fp32",
+                            choices=PRECISIONS)
+
+
+@dataclass
+class RunConfig:
+    """Bookkeeping: seed, logging, checkpoints, where the weights start, when a run gives up."""
+
+    seed: int = option(0, "seed of the data order, the initialisation and the token masks", low=0)
+    log_every: int = option(10, "steps between metric records", low=1)
+    ckpt_every: int = option(500, "steps between checkpoints (and at the end)", low=1)
+    keep_checkpoints: int = option(2, "checkpoints kept (older ones are deleted)", low=1)
+    init_from: str = option("", "checkpoint or run directory whose weights start this run (next curriculum stage)")
+    max_bad_steps: int = option(20, "consecutive steps with a NaN/inf loss or gradient before the run stops", low=1)
+    peak_tflops: float = option(0.0, "per-device peak TFLOP/s for MFU; 0 = known GPUs only", low=0.0)
+    tensorboard: bool = option(True, "also log to OUT/tensorboard")
+
+
+SECTION_HELP = {"model": "the model (models/config.py); saved in every checkpoint's config.json",
+                "data": "samples and tokens (data/config.py)", "optim": "AdamW, warmup + cosine (SPEC §4.4, §4.5)",
+                "parallel": "scale-out under torchrun (docs/DISTRIBUTED.md)",
+                "eval": "evaluations during training (eval/config.py)",
+                "run": "seed, logging, checkpoints, initial weights, fault tolerance"}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "parallel": ParallelConfig,
+            "eval": EvalConfig, "run": RunConfig}
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _keys() -> tuple[dict[str, tuple[str, object]], dict[str, tuple[str, object]]]:
+    """({"section.field": (section, Field)}, {flat alias: (section, Field)}) of every settable field."""
+    dotted, flat = {}, {}
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            if f.metadata.get("derived"):
+                continue
+            dotted[f"{section}.{f.name}"] = (section, f)
+            alias = f.metadata.get("alias") or f.name
+            assert alias not in flat, f"flat key {alias} names two fields"
+            flat[alias] = (section, f)
+    return dotted, flat
+
+
+DOTTED_KEYS, FLAT_KEYS = _keys()
+
+
+@dataclass(init=False, repr=False, eq=False)
+class TrainConfig:
+    """model, data, optim, parallel, eval and run sections (each a dataclass, or its dict). Also
+    constructible, readable and writable by the flat names: TrainConfig(encoder="S/16", steps=10).steps == 10."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    parallel: ParallelConfig
+    eval: EvalConfig
+    run: RunConfig
+
+    def __init__(self, model: ModelConfig | None = None, data: DataConfig | None = None,
+                 optim: OptimConfig | None = None, parallel: ParallelConfig | str | None = None,
+                 eval: EvalConfig | None = None, run: RunConfig | None = None, **flat):
+        given = {"model": model, "data": data, "optim": optim, "parallel": parallel, "eval": eval, "run": run}
+        if isinstance(parallel, str):  # the flat key `parallel` (the strategy), not the section
+            given["parallel"], flat["parallel"] = None, parallel
+        for name, cls in SECTIONS.items():
+            value = given[name]
+            if isinstance(value, dict):  # a section as dataclasses.asdict / to_dict() writes it
+                known = {f.name for f in fields(cls)}
+                value = cls(**{k: v for k, v in value.items() if k in known})
+            object.__setattr__(self, name, copy.deepcopy(value) if value is not None else cls())
+        for key, value in flat.items():
+            if key not in FLAT_KEYS and key not in DOTTED_KEYS:
+                raise TypeError(f"TrainConfig got an unexpected keyword argument {key!r}")
+            self.set(key, value)
+
+    # --- flat names as aliases ------------------------------------------------------------------
+    def __getattr__(self, name: str):
+        if name in FLAT_KEYS:
+            section, f = FLAT_KEYS[name]
+            return getattr(object.__getattribute__(self, section), f.name)
+        raise AttributeError(f"TrainConfig has no field {name!r}")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in SECTIONS and isinstance(value, SECTIONS[name]):
+            object.__setattr__(self, name, value)
+        elif name in FLAT_KEYS:
+            self.set(name, value)
+        else:
+            raise AttributeError(f"TrainConfig has no field {name!r}; `ov2 train --list-keys` shows them")
+
+    def set(self, key: str, value) -> None:
+        """Set a field by its dotted or flat key (no type conversion; see apply_overrides)."""
+        section, f = DOTTED_KEYS.get(key) or FLAT_KEYS[key]
+        setattr(getattr(self, section), f.name, value)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TrainConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return "TrainConfig(" + ", ".join(f"{name}={getattr(self, name)!r}" for name in SECTIONS) + ")"
+
+    def __deepcopy__(self, memo) -> "TrainConfig":
+        return TrainConfig(**{name: getattr(self, name) for name in SECTIONS})
+
+    def replace(self, **changes) -> "TrainConfig":
+        """A copy with fields changed by their flat names (dataclasses.replace for this config)."""
+        config = copy.deepcopy(self)
+        for key, value in changes.items():
+            if key not in FLAT_KEYS:
+                raise TypeError(f"TrainConfig has no field {key!r}")
+            config.set(key, value)
+        return config
+
+    @property
+    def peak_lr(self) -> float:
+        return self.optim.peak_lr
+
     def model_config(self, vocab_size: int, pad_id: int) -> ModelConfig:
-        return ModelConfig(encoder=self.encoder, decoder=self.decoder, image_size=self.image_size,
-                           keep_ratio=self.keep_ratio, decoder_mask=self.decoder_mask, text_pos=self.text_pos,
-                           vocab_size=vocab_size, text_len=self.text_len, pad_id=pad_id,
-                           pre_norm=self.pre_norm, class_token=self.class_token)
+        """The model section with a tokenizer's vocabulary size and [pad] id."""
+        return dataclasses.replace(self.model, vocab_size=vocab_size, pad_id=pad_id)
+
+    # --- checking, saving, loading -------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """One-line UserErrors for every value out of its field's range (and the model's own checks)."""
+        for name in SECTIONS:
+            section = getattr(self, name)
+            if isinstance(section, (ModelConfig, DataConfig, EvalConfig)):
+                section.validate()  # the declared ranges, plus their own checks (names, evaluations)
+            else:
+                check_fields(section)
+        return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """{section: {field: value}}, as a run's config.json holds it."""
+        return {name: asdict(getattr(self, name)) for name in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """From to_dict()'s form, or from the flat form of a config.json written before the config
+        had sections; keys this version does not know (or sets itself, like the vocabulary) are ignored."""
+        config = cls(**{k: v for k, v in data.items() if k in SECTIONS and isinstance(v, dict)})
+        for key, value in data.items():
+            if key in FLAT_KEYS and not (key in SECTIONS and isinstance(value, dict)):
+                config.set(key, value)
+        return config
 
 
 def _parse_value(key: str, text: str, kind: type):
@@ -108,15 +219,46 @@ def _parse_value(key: str, text: str, kind: type):
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
-    """Apply `key=value` strings, checking that each key exists and each value has the field's type."""
-    types = {f.name: {"int": int, "float": float, "bool": bool, "str": str}[f.type] for f in fields(config)}
+    """Apply `key=value` strings (dotted or flat keys), checking that each key exists, each value has
+    the field's type, and, at the end, that every value is in its field's range."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"override {item!r} is not of the form key=value")
-        if key not in types:
-            close = difflib.get_close_matches(key, types, n=3)
+        if key not in DOTTED_KEYS and key not in FLAT_KEYS:
+            derived = [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)
+                       if f.metadata.get("derived") and key in (f.name, f"{s}.{f.name}")]
+            if derived:
+                raise UserError(f"{derived[0]} is set from the tokenizer, not by an override")
+            close = difflib.get_close_matches(key, [*DOTTED_KEYS, *FLAT_KEYS], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else "; `ov2 train --list-keys` shows them"
             raise UserError(f"unknown override key {key!r}{hint}")
-        setattr(config, key, _parse_value(key, value, types[key]))
+        _, f = DOTTED_KEYS.get(key) or FLAT_KEYS[key]
+        config.set(key, _parse_value(key, value, _TYPES[f.type]))
+    return _check_patch_divides(config.validate())
+
+
+def describe_keys(config: TrainConfig) -> list[str]:
+    """`ov2 train --list-keys`: per field, key=value (this config's), its flat alias, default and meaning."""
+    lines = []
+    for name in SECTIONS:
+        lines.append(f"# {name}: {SECTION_HELP[name]}")
+        for key, (section, f) in DOTTED_KEYS.items():
+            if section != name:
+                continue
+            alias = f.metadata.get("alias") or f.name
+            value = getattr(getattr(config, section), f.name)
+            lines.append(f"{key}={value}    (alias {alias}; default {default_of(f)!r}) {describe(f)}")
+    return lines
+
+
+def _check_patch_divides(config: TrainConfig) -> TrainConfig:
+    """The encoder cuts the image into whole patches (until other sizes are supported)."""
+    from ..models.registry import parse_encoder_name
+
+    _, patch = parse_encoder_name(config.encoder)
+    if config.image_size < 1 or config.image_size % patch:
+        fits = max(patch, round(config.image_size / patch) * patch)
+        raise UserError(f"image_size={config.image_size} is not a multiple of the patch size {patch} of encoder "
+                        f"{config.encoder}: use e.g. image_size={fits}")
     return config

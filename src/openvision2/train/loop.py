@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data import build as data
-from ..data.build import CaptionCollate, build_from_config, fixed_batch
+from ..data.build import (CaptionCollate, build_from_config, build_tokenizer, fixed_batch, micro_batch_size,
+                          train_batches)
 from ..errors import UserError
 from ..generate import greedy_caption
-from ..models.masking import check_keep_ratio
-from ..models.openvision2 import caption_targets
-from ..models.registry import decoder_size, parse_encoder_name
+from ..logs import get_logger, setup_logging
+from ..methods import get_method
+from ..models.losses import caption_targets, objective
 from ..precision import autocast, resolve_precision
 from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
@@ -38,16 +38,9 @@ from .faults import BadStepGuard, PreemptionFlag
 from .init_from import load_init_weights, tokenizer_source
 from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
-from .parallel import (ACTIVATION_CHECKPOINTING, initialize_weights, no_gradient_sync, parallelize,
-                       resolve_parallel, unwrap)
+from .parallel import initialize_weights, no_gradient_sync, parallelize, resolve_parallel, unwrap
 
-
-def build_tokenizer(config: TrainConfig, train_set) -> CaptionTokenizer:
-    if config.tokenizer == "wordpiece":
-        return CaptionTokenizer.wordpiece(config.tokenizer_path or None)
-    if config.tokenizer == "bpe":
-        return CaptionTokenizer.train_bpe(train_set.captions(), config.bpe_vocab_size)
-    raise UserError(f"unknown tokenizer {config.tokenizer!r}: use wordpiece or bpe")
+logger = get_logger("train")
 
 
 def model_inputs(batch: dict, device, rows: slice = slice(None)) -> dict[str, torch.Tensor]:
@@ -72,27 +65,10 @@ def evaluate_loss(model, batch: dict, device, dtype, chunk: int = 64) -> float:
 
 
 def check_config(config: TrainConfig, world: World) -> None:
-    for key in ("steps", "batch_size", "log_every", "eval_every", "ckpt_every", "val_samples", "train_samples",
-                "grad_accum", "max_bad_steps"):
-        if getattr(config, key) < 1:
-            raise UserError(f"{key} must be at least 1, got {getattr(config, key)}")
-    if config.keep_checkpoints < 1:
-        raise UserError(f"keep_checkpoints must be at least 1, got {config.keep_checkpoints}")
-    if config.batch_size % (world.world_size * config.grad_accum):
-        raise UserError(f"batch_size {config.batch_size} (the global batch) must be divisible by "
-                        f"{world.world_size} ranks x grad_accum {config.grad_accum}")
-    # Names and ratios are checked before the (possibly slow) tokenizer and dataset are built.
-    parse_encoder_name(config.encoder)
-    decoder_size(config.decoder)
-    check_keep_ratio(config.keep_ratio)
-    resolve_parallel(config.parallel, world.world_size)
-    if config.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
-        raise UserError(f"unknown activation_checkpointing {config.activation_checkpointing!r}: "
-                        f"use one of {', '.join(ACTIVATION_CHECKPOINTING)}")
-
-
-# A model returning only these is trained on the caption token mean alone (OpenVision 2, CapPa).
-PURE_CAPTION_OUTPUTS = {"loss", "nll_sum", "num_tokens"}
+    """Everything that can be checked before the (possibly slow) tokenizer and dataset are built."""
+    config.validate()
+    micro_batch_size(config.optim.batch_size, world.world_size, config.parallel.grad_accum)
+    resolve_parallel(config.parallel.strategy, world.world_size)
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
@@ -104,20 +80,15 @@ def loss_tokens(batch: dict, pad_id: int) -> int:
     return int(caption_targets(batch["captions"], pad_id)[2].sum())
 
 
-def train_batches(config: TrainConfig, train_set, collate, world: World):
-    """This rank's micro-batches, endlessly: an iterable with state_dict() / load_state_dict() (saved
-    in every checkpoint, per rank) and optionally bad_samples() -> {reason: count} (logged)."""
-    return data.train_batches(config, train_set, collate, world.rank, world.world_size)
-
-
 def periodic_evals(model, tokenizer: CaptionTokenizer, config: TrainConfig, device, dtype) -> dict[str, float]:
     """The configured evaluations (zero-shot, caption metrics, probes) of eval/periodic.py."""
-    if not config.evals:
+    if not config.eval.evals:
         return {}
-    from ..eval.periodic import run_evals
+    from ..eval.periodic import HeldOut, run_evals
 
+    held_out = HeldOut(config.data.dataset, config.data.val_shards, config.run.seed)
     with autocast(device, dtype):
-        return run_evals(model, tokenizer, config)
+        return run_evals(model, tokenizer, config.eval, held_out)
 
 
 def set_lr(optimizer, lr: float) -> None:
@@ -138,75 +109,81 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     check_config(config, world)
     out_dir, device = Path(out_dir), world.device
     checkpoints = out_dir / "checkpoints"
-    dtype = resolve_precision(config.precision, device)
-    parallel = resolve_parallel(config.parallel, world.world_size)
-    log = print if world.is_main else (lambda *a, **k: None)
+    optim, run, par = config.optim, config.run, config.parallel
+    dtype = resolve_precision(par.precision, device)
+    parallel = resolve_parallel(par.strategy, world.world_size)
+    setup_logging()
+    # progress messages from rank 0 only (logs.py routes them around the progress bar)
+    log = logger.info if world.is_main else (lambda *a, **k: None)
     # torchrun's elastic agent restarts failed workers: they pick the run up where it was saved.
     resume = resume or world.restart_count > 0
     resume_from = ckpt.latest_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None and checkpoints.is_dir():
-        log(f"no checkpoint in {checkpoints} yet: starting from scratch", flush=True)
+        log(f"no checkpoint in {checkpoints} yet: starting from scratch")
     if world.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if checkpoints.is_dir():
             ckpt.clean_partial_saves(checkpoints)
     barrier(world)
 
-    torch.manual_seed(config.seed)
-    train_set = build_from_config(config, "train")
-    val_set = build_from_config(config, "val")
+    torch.manual_seed(run.seed)
+    image_size = config.model.image_size
+    train_set = build_from_config(config.data, "train", image_size, run.seed)
+    val_set = build_from_config(config.data, "val", image_size, run.seed)
     # An encoder-only init_from (an import or export) has no tokenizer: the run's config builds one.
-    source = resume_from or (config.init_from and tokenizer_source(config.init_from))
-    tokenizer = CaptionTokenizer.load(source) if source else build_tokenizer(config, train_set)
+    source = resume_from or (run.init_from and tokenizer_source(run.init_from))
+    tokenizer = CaptionTokenizer.load(source) if source else build_tokenizer(config.data, train_set)
 
     # --- model: built (on meta for 1B+ models), wrapped in one place, then initialised ---
-    model = build_model(config, tokenizer, device="meta" if config.meta_init else None)
-    if not config.meta_init:
+    model = build_model(config.model, tokenizer, device="meta" if par.meta_init else None)
+    if not par.meta_init:
         model.to(device)
-    wrapped = parallelize(model, parallel, activation_checkpointing=config.activation_checkpointing,
-                          compile=config.compile, param_dtype=dtype, device=device)
-    if config.meta_init:
+    wrapped = parallelize(model, parallel, activation_checkpointing=par.activation_checkpointing,
+                          compile=par.compile, param_dtype=dtype, device=device)
+    if par.meta_init:
         model.to_empty(device=device)
         initialize_weights(model)
-    if config.init_from and resume_from is None:
-        log(load_init_weights(config.init_from, wrapped, model.encoder, config), flush=True)
-    optimizer = build_optimizer(model, config.peak_lr, config.weight_decay, (config.beta1, config.beta2), config.eps)
+    if run.init_from and resume_from is None:
+        log(load_init_weights(run.init_from, wrapped, model.encoder, config))
+    optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps)
 
-    collate = CaptionCollate(tokenizer, config.text_len, getattr(model, "batch_fields", ()),
-                             getattr(config, "alt_text_len", 80))
-    batches = train_batches(config, train_set, collate, world)
-    val_batch = fixed_batch(val_set, collate, config.val_samples)
+    model_config = unwrap(model).config
+    collate = CaptionCollate(tokenizer, model_config.text_len, get_method(model_config.method).batch_fields,
+                             model_config.alt_text_len)
+    # This rank's micro-batches, endlessly: an iterable with state_dict() / load_state_dict() (saved
+    # in every checkpoint, per rank) and optionally bad_samples() -> {reason: count} (logged).
+    batches = train_batches(config.data, train_set, collate, batch_size=optim.batch_size,
+                            micro_batches=par.grad_accum, rank=world.rank, world_size=world.world_size, seed=run.seed)
+    val_batch = fixed_batch(val_set, collate, config.data.val_samples)
     # FSDP's forward must run on every rank; the plain module serves evaluation otherwise.
     eval_model = wrapped if parallel == "fsdp" else unwrap(wrapped)
 
-    start_step, first_val, guard = 0, None, BadStepGuard(config.max_bad_steps)
+    start_step, first_val, guard = 0, None, BadStepGuard(run.max_bad_steps)
     if resume_from is not None:
         saved = ckpt.load_training_state(resume_from, wrapped, optimizer, world)
         start_step, first_val = saved["step"], saved.get("first_val_loss")
         batches.load_state_dict(saved["loader"])
         guard.skipped = saved.get("skipped_steps", 0)
-        log(f"resumed from {resume_from} at step {start_step}", flush=True)
+        log(f"resumed from {resume_from} at step {start_step}")
 
     metrics = None
     if world.is_main:
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        metrics = MetricsLog(out_dir, config.tensorboard, config.to_dict())
+        metrics = MetricsLog(out_dir, run.tensorboard, config.to_dict())
     params = sum(p.numel() for p in model.parameters())
     where = f"{device}" if world.world_size == 1 else f"{world.world_size} x {device.type} ({parallel})"
-    log(f"model {config.encoder} + decoder {config.decoder}: {params / 1e6:.2f}M parameters; "
-        f"{config.tokenizer} vocab {tokenizer.vocab_size}; {str(dtype).removeprefix('torch.')} on {where}; "
-        f"peak lr {config.peak_lr:.3g}", flush=True)
-
-    model_config = unwrap(model).config.to_dict()
+    log(f"model {model_config.encoder} + decoder {model_config.decoder}: {params / 1e6:.2f}M "
+        f"parameters; {config.data.tokenizer} vocab {tokenizer.vocab_size}; {str(dtype).removeprefix('torch.')} on "
+        f"{where}; peak lr {optim.peak_lr:.3g}")
     last_saved = str(resume_from) if resume_from else None
 
     def save(step: int) -> None:
         nonlocal last_saved
         train_state = {"step": step, "loader": batches.state_dict(), "first_val_loss": first_val,
-                       "skipped_steps": guard.skipped, "lr_schedule": {"peak_lr": config.peak_lr,
-                       "warmup_steps": config.warmup_steps, "total_steps": config.steps}}
-        path = ckpt.save_training_state(checkpoints, step, wrapped, optimizer, tokenizer, model_config, train_state,
-                                        {"train": config.to_dict()}, world, config.keep_checkpoints)
+                       "skipped_steps": guard.skipped, "lr_schedule": {"peak_lr": optim.peak_lr,
+                       "warmup_steps": optim.warmup_steps, "total_steps": optim.steps}}
+        path = ckpt.save_training_state(checkpoints, step, wrapped, optimizer, tokenizer, model_config.to_dict(),
+                                        train_state, {"train": config.to_dict()}, world, run.keep_checkpoints)
         last_saved = str(path)
 
     val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
@@ -214,50 +191,45 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     if metrics:
         metrics.write({"step": start_step, "val_loss": val_loss})
 
-    flops = train_flops_per_sample(config, tokenizer.vocab_size)
-    peak_tflops = device_peak_tflops(device, config.peak_tflops)
+    flops = train_flops_per_sample(model_config)
+    peak_tflops = device_peak_tflops(device, run.peak_tflops)
     stream = iter(batches)
-    bar = tqdm(range(start_step + 1, config.steps + 1), disable=not (progress and world.is_main), desc="train",
-               dynamic_ncols=True, initial=start_step, total=config.steps)
+    bar = tqdm(range(start_step + 1, optim.steps + 1), disable=not (progress and world.is_main), desc="train",
+               dynamic_ncols=True, initial=start_step, total=optim.steps)
     window, preempted, step = Window(), False, start_step
     model.train()
     with PreemptionFlag() as sigterm:
         for step in bar:
             # --- the step's micro-batches, and the global token count that normalises the loss ---
             started = time.perf_counter()
-            micro = [next(stream) for _ in range(config.grad_accum)]
+            micro = [next(stream) for _ in range(par.grad_accum)]
             data_seconds = time.perf_counter() - started
             local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), float(sigterm.raised)],
                                  dtype=torch.float64, device=device)
             global_tokens, stop = all_reduce_sum(local, world).tolist()
             token_scale = world.world_size / max(global_tokens, 1.0)
 
-            set_lr(optimizer, config.peak_lr * warmup_cosine(step - 1, config.warmup_steps, config.steps))
+            set_lr(optimizer, optim.peak_lr * warmup_cosine(step - 1, optim.warmup_steps, optim.steps))
             nll_total = torch.zeros((), device=device, dtype=torch.float64)
             for i, batch in enumerate(micro):
-                torch.manual_seed(micro_seed(config.seed, step, world.rank * config.grad_accum + i))
+                torch.manual_seed(micro_seed(run.seed, step, world.rank * par.grad_accum + i))
                 images = normalize(batch["images"].to(device, non_blocking=True))
-                with no_gradient_sync(wrapped, i < config.grad_accum - 1):
+                with no_gradient_sync(wrapped, i < par.grad_accum - 1):
                     with autocast(device, dtype):
                         out = wrapped(images, **model_inputs(batch, device))
-                    objective = out["nll_sum"] * token_scale
-                    if set(out) - PURE_CAPTION_OUTPUTS:
-                        # Loss parts besides the caption token mean (OpenVision 1's contrastive loss).
-                        other = out["loss"] - out["nll_sum"] / (out["num_tokens"] + 1e-8)
-                        objective = objective + other / config.grad_accum
-                    (objective * config.caption_loss_weight).backward()
+                    objective(out, optim.caption_loss_weight, token_scale, par.grad_accum).backward()
                 nll_total += out["nll_sum"].detach().double()
                 if step == start_step + 1 and i == 0 and int(out["num_tokens"]) != loss_tokens(batch, tokenizer.pad_id):
-                    raise UserError(f"method {config.method!r} counts {int(out['num_tokens'])} loss tokens where the "
+                    raise UserError(f"method {model_config.method!r} counts {int(out['num_tokens'])} loss tokens where the "
                                     f"loop counts {loss_tokens(batch, tokenizer.pad_id)}: its caption mask differs")
             loss = float(all_reduce_sum(nll_total, world)) / max(global_tokens, 1.0)
             norm = grad_norm(wrapped)
             if guard.check(step, loss, norm, last_saved):
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            window.add(config.batch_size, int(global_tokens), data_seconds)
+            window.add(optim.batch_size, int(global_tokens), data_seconds)
 
-            if step % config.log_every == 0 or step == config.steps:
+            if step % run.log_every == 0 or step == optim.steps:
                 record = {"step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm,
                           **window.summary(flops, world.world_size, peak_tflops, device),
                           "skipped_steps": guard.skipped}
@@ -267,9 +239,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
                     record.update({f"bad_samples/{reason}": count for reason, count in reasons.items()})
                 if metrics:
                     metrics.write(record)
-                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}")
+                # data_wait: the share of the time spent waiting for batches (a slow source shows here)
+                bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{record['images_per_s']:.0f}",
+                                data_wait=f"{record['data_wait']:.0%}")
                 window.reset()
-            if step % config.eval_every == 0 or step == config.steps:
+            if step % config.eval.every == 0 or step == optim.steps:
                 val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
                 # Evaluations decode step by step outside forward(), which FSDP's hooks do not
                 # cover: under FSDP they run on the consolidated checkpoint with `ov2 eval` instead.
@@ -279,14 +253,14 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
                     metrics.write({"step": step, "val_loss": val_loss, **scores})
                 if world.is_main:
                     shown = "".join(f", {k} {v:.3f}" for k, v in scores.items())
-                    bar.write(f"step {step}: held-out caption loss {val_loss:.3f}{shown}")
+                    log(f"step {step}: held-out caption loss {val_loss:.3f}{shown}")
             if stop:
                 save(step)
                 preempted = True
                 break
             # A step that was skipped is not saved (but the last step always is): the latest
             # checkpoint stays one whose last update was good.
-            if (step % config.ckpt_every == 0 and guard.consecutive == 0) or step == config.steps:
+            if (step % run.ckpt_every == 0 and guard.consecutive == 0) or step == optim.steps:
                 save(step)
     bar.close()
     if metrics:
@@ -295,13 +269,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     summary = {"first_val_loss": first_val, "final_val_loss": val_loss, "captions": [], "truths": [],
                "step": step, "skipped_steps": guard.skipped, "checkpoint": last_saved}
     if preempted:
-        log(f"\nSIGTERM: stopped at step {step}; checkpoint {last_saved}; continue with --resume", flush=True)
+        log(f"\nSIGTERM: stopped at step {step}; checkpoint {last_saved}; continue with --resume")
         return {**summary, "stopped": "preempted"}
     if world.is_main:
-        shown = min(config.show_captions, len(val_set))
-        caption_model = unwrap(wrapped) if parallel != "fsdp" else export_model(config, tokenizer, last_saved, device)
+        shown = min(config.eval.show_captions, len(val_set))
+        caption_model = unwrap(wrapped) if parallel != "fsdp" else export_model(model_config, last_saved, device)
         captions = greedy_caption(caption_model, tokenizer, val_batch["images"][:shown])
-        print(f"\nheld-out caption loss: {first_val:.3f} at start -> {val_loss:.3f} after {config.steps} steps")
+        print(f"\nheld-out caption loss: {first_val:.3f} at start -> {val_loss:.3f} after {optim.steps} steps")
         print(f"checkpoint: {last_saved}\n")
         for i, (predicted, truth) in enumerate(zip(captions, val_batch["texts"])):
             print(f"[held-out {i}] {predicted}\n{'':14s}(truth: {truth})")
@@ -310,12 +284,13 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     return summary
 
 
-def export_model(config: TrainConfig, tokenizer: CaptionTokenizer, checkpoint: str, device) -> torch.nn.Module:
+def export_model(model_config, checkpoint: str, device) -> torch.nn.Module:
     """A plain (unsharded) model from a checkpoint's consolidated export."""
     from safetensors.torch import load_file
 
     from ..checkpoint import WEIGHTS
+    from ..methods import build_model as build_from_model_config
 
-    model = build_model(config, tokenizer, device="meta")
+    model = build_from_model_config(model_config, device="meta")
     model.load_state_dict(load_file(Path(checkpoint) / WEIGHTS, device=str(device)), assign=True)
     return model.eval()

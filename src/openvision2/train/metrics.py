@@ -12,33 +12,20 @@ from pathlib import Path
 
 import torch
 
-# Dense bf16 peak TFLOP/s per device, by a substring of torch.cuda.get_device_name().
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0,
-               "V100": 125.0, "MI300X": 1307.0, "B200": 2250.0}
-
+from ..hardware import known_peak_tflops
 
 def device_peak_tflops(device: torch.device, configured: float) -> float | None:
-    """The configured figure if given; a known GPU's bf16 peak; None where unknown (MFU omitted)."""
-    if configured > 0:
-        return configured
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, tflops in PEAK_TFLOPS.items():
-            if key in name:
-                return tflops
-    return None
+    """The configured figure if given; a known GPU's bf16 peak (hardware.py); None where unknown (MFU omitted)."""
+    return configured if configured > 0 else known_peak_tflops(device, "bf16")
 
 
-def train_flops_per_sample(config, vocab_size: int) -> float:
+def train_flops_per_sample(model_config) -> float:
     """Training FLOPs of one image-caption pair: 3 x the forward FLOPs of openvision2.flops (the
-    SPEC §5.4 counting that reproduces the paper's FLOPs/image), for the run's method and shapes."""
-    from ..flops import Shape, count
+    SPEC §5.4 counting that reproduces the paper's FLOPs/image), for the run's model (ModelConfig)."""
+    from ..flops import count
+    from ..methods import get_method
 
-    shape = Shape(method=config.method, encoder=config.encoder, decoder=config.decoder, image_size=config.image_size,
-                  keep_ratio=config.keep_ratio, text_len=config.text_len, alt_text_len=config.alt_text_len,
-                  vocab_size=vocab_size, text_encoder=config.text_encoder,
-                  text_passes=2 if config.method == "openvision1" else 1, text_pos=config.text_pos == "learned")
-    return 3.0 * count(shape).total_flops
+    return 3.0 * count(model_config, get_method(model_config.method).train_text_passes).total_flops
 
 
 def peak_memory_gib(device: torch.device) -> float:

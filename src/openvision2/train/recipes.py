@@ -6,7 +6,8 @@ trains the stages in order into OUT/stage-<name>/, skips stages already finished
 unfinished one from its latest checkpoint, and points OUT/checkpoints/latest at the newest export
 (so `ov2 caption --checkpoint OUT` works).
 
-Paper stages (SPEC §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch)):
+Paper stages (SPEC §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch); the numbers
+live in presets.PAPER_STAGES, whose pretraining stage is also the l14-stage1 preset):
     pretrain  84 px, batch 32768, 10000 ep = 390,981 steps, warmup 1,563, base_lr 8e-6 (peak 1.024e-3)
     finetune 224 px, batch 16384,   800 ep =  62,556 steps, warmup 1,563, base_lr 4e-7 (peak 2.56e-5)
     high-res 336/384/448 px, batch 8192, 200 ep = 31,278 steps, no warmup, base_lr 1e-7 (inferred, OV1's script)
@@ -18,16 +19,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import LATEST
 from ..errors import UserError
+from ..logs import get_logger, setup_logging
+from . import presets
 from .config import TrainConfig, apply_overrides
 from .presets import tiny_cpu
 
-EPOCH = 1_281_167  # one virtual ImageNet epoch, in samples
 DONE = "stage-done.json"
+logger = get_logger("train")
 
 
 @dataclass(frozen=True)
@@ -36,21 +39,9 @@ class Stage:
     config: TrainConfig
 
 
-def _epochs_to_steps(epochs: float, batch: int) -> int:
-    return int(epochs * EPOCH // batch)
-
-
 def paper_stage(kind: str, encoder: str, decoder: str, image_size: int) -> Stage:
-    """One of the paper's stages for a /14 encoder on GPUs (FSDP2, bf16, selective checkpointing)."""
-    batch, epochs, warmup_epochs, base_lr = {"pretrain": (32768, 10_000, 40, 8e-6), "finetune": (16384, 800, 20, 4e-7),
-                                             "highres": (8192, 200, 0, 1e-7)}[kind]
-    config = TrainConfig(
-        encoder=encoder, decoder=decoder, image_size=image_size, text_len=128, tokenizer="wordpiece",
-        batch_size=batch, steps=_epochs_to_steps(epochs, batch), warmup_steps=_epochs_to_steps(warmup_epochs, batch),
-        base_lr=base_lr, weight_decay=0.2, log_every=50, eval_every=5000, ckpt_every=2000, keep_checkpoints=3,
-        parallel="fsdp", activation_checkpointing="selective", meta_init=True, precision="bf16", num_workers=8,
-    )
-    return Stage(f"{image_size}", config)
+    """One of the paper's stages (presets.paper_stage), named by its resolution."""
+    return Stage(f"{image_size}", presets.paper_stage(kind, encoder, decoder, image_size))
 
 
 def paper_recipe(encoder: str, decoder: str, high_res: int | None = None) -> list[Stage]:
@@ -64,9 +55,9 @@ def tiny_cpu_recipe() -> list[Stage]:
     """tiny-cpu's model in 8 px patches through the same two stages, shrunk: 32 px (a 4x4 grid, as
     84 px gives 6x6 with /14) at tiny-cpu's LR, then 64 px (8x8, as 224 px gives 16x16) with a
     quarter of the LR and a shorter schedule, like the paper's short fine-tune."""
-    low = replace(tiny_cpu(), encoder="nano/8", image_size=32, steps=600, warmup_steps=30, eval_every=200,
+    low = tiny_cpu().replace(encoder="nano/8", image_size=32, steps=600, warmup_steps=30, eval_every=200,
                   ckpt_every=200)
-    high = replace(tiny_cpu(), encoder="nano/8", image_size=64, steps=200, warmup_steps=10, base_lr=low.base_lr / 4,
+    high = tiny_cpu().replace(encoder="nano/8", image_size=64, steps=200, warmup_steps=10, base_lr=low.base_lr / 4,
                    eval_every=100, ckpt_every=100)
     return [Stage("32", low), Stage("64", high)]
 
@@ -109,12 +100,13 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
     from .distributed import barrier, init_world
     from .loop import train
 
+    setup_logging()
     world = init_world()
     out_dir = Path(out_dir)
     stages, summaries, previous = get_recipe(name), [], None
     for index, stage in enumerate(stages):
         directory = stage_dir(out_dir, stage)
-        config = apply_overrides(replace(stage.config), list(overrides))
+        config = apply_overrides(stage.config.replace(), list(overrides))
         if steps is not None:
             config.steps = steps
         if previous is not None:
@@ -123,7 +115,7 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
             previous = directory
             continue
         if world.is_main:
-            print(f"== recipe {name}: stage {index + 1}/{len(stages)} ({stage.name}) in {directory}", flush=True)
+            logger.info(f"== recipe {name}: stage {index + 1}/{len(stages)} ({stage.name}) in {directory}")
         summary = train(config, directory, progress=progress, resume=True)
         summaries.append(summary)
         if summary.get("stopped"):
@@ -135,7 +127,7 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
         barrier(world)
         previous = directory
     if not summaries and world.is_main:
-        print(f"recipe {name}: all {len(stages)} stages are finished in {out_dir}", flush=True)
+        logger.info(f"recipe {name}: all {len(stages)} stages are finished in {out_dir}")
     return summaries
 
 

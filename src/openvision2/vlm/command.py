@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .evaluate import VQA_TASK, VLMOptions
+from .options import VQA_TASK, VLMOptions
 
 HELP = "LLaVA-style evaluation: projector + LM trained on the frozen encoder (via its hf export), VQA accuracy"
 

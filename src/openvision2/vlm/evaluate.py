@@ -7,7 +7,6 @@ encoder (L/14) and a real LM (`--lm PATH`) run the same code with larger --train
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,27 +14,8 @@ import torch
 from ..errors import UserError
 from . import vqa
 from .llava import TOKEN_CHOICES, build_llava, export_tower
+from .options import VQA_TASK, VLMOptions
 from .protocol import StageOptions, run_protocol
-
-VQA_TASK = "synthetic-vqa"
-
-
-@dataclass
-class VLMOptions:
-    task: str = VQA_TASK
-    lm: str = "tiny"
-    tokens: str = "patch"
-    train_images: int = 2000
-    test_images: int = 300
-    stage1_steps: int = 150
-    stage2_steps: int = 600
-    stage1_lr: float = 1e-3
-    stage2_lr: float = 1e-3
-    batch_size: int = 32
-    seed: int = 0
-    shards: str = ""
-    label_key: str = "label"
-
 
 def load_vqa(options: VLMOptions, image_size: int) -> tuple[vqa.VQASet, vqa.VQASet]:
     """(train, test) sets: the embedded VQA split, or "what is this item?" on a classification task."""
