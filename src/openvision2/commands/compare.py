@@ -8,7 +8,7 @@ HELP = ("train several methods on the same data, seed and steps (or budget), mea
 
 
 def add_arguments(parser) -> None:
-    from ..compare.run import BUDGETS, EVALS, CompareOptions
+    from ..compare.options import BUDGETS, EVALS, CompareOptions
 
     d = CompareOptions(methods=[])
     parser.add_argument("--methods", default="openvision2,openvision1,cappa",
@@ -25,13 +25,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--task", default=d.task, help="probe / zero-shot task (default: synthetic-object; also "
                                                        "fashion-mnist, imagefolder:DIR, csv:FILE, shards:PATTERN)")
     parser.add_argument("--shards", default="", help="Fashion-MNIST shard directory for --task fashion-mnist")
-    parser.add_argument("--probe-train-images", type=int, default=d.probe_train_images)
-    parser.add_argument("--test-images", type=int, default=d.test_images)
-    parser.add_argument("--attentive-epochs", type=int, default=d.attentive_epochs)
-    parser.add_argument("--vlm-train-images", type=int, default=d.vlm_train_images)
-    parser.add_argument("--vlm-test-images", type=int, default=d.vlm_test_images)
-    parser.add_argument("--vlm-stage1-steps", type=int, default=d.vlm_stage1_steps)
-    parser.add_argument("--vlm-stage2-steps", type=int, default=d.vlm_stage2_steps)
+    parser.add_argument("--probe-train-images", type=int, default=d.probe_train_images, help="probe training images")
+    parser.add_argument("--test-images", type=int, default=d.test_images, help="held-out images of probes and zero-shot")
+    parser.add_argument("--attentive-epochs", type=int, default=d.attentive_epochs,
+                        help="training epochs of the attentive probe")
+    parser.add_argument("--vlm-train-images", type=int, default=d.vlm_train_images, help="eval vlm: training images")
+    parser.add_argument("--vlm-test-images", type=int, default=d.vlm_test_images, help="eval vlm: held-out images")
+    parser.add_argument("--vlm-stage1-steps", type=int, default=d.vlm_stage1_steps, help="eval vlm: projector steps")
+    parser.add_argument("--vlm-stage2-steps", type=int, default=d.vlm_stage2_steps,
+                        help="eval vlm: projector + LM steps")
     parser.add_argument("--rounds", type=int, default=d.rounds, help="interleaved timing rounds (default: 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print compare.json's content on stdout")
@@ -43,7 +45,8 @@ def run(args) -> int:
     import json
     import sys
 
-    from ..compare.run import CompareOptions, run_compare
+    from ..compare.options import CompareOptions
+    from ..compare.run import run_compare
 
     options = CompareOptions(
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=args.preset, steps=args.steps,

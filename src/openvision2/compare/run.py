@@ -18,36 +18,12 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UserError
 from .methods import differences, method_config
-
-BUDGETS = ("steps", "wall", "flops")
-EVALS = ("probe", "zeroshot", "vlm")
-
-
-@dataclass
-class CompareOptions:
-    methods: list[str]
-    preset: str = "tiny-cpu"
-    steps: int = 1000
-    budget: str = "steps"
-    overrides: list[str] = field(default_factory=list)
-    evals: list[str] = field(default_factory=lambda: list(EVALS))
-    task: str = "synthetic-object"
-    shards: str = ""
-    probe_train_images: int = 2000
-    test_images: int = 500
-    attentive_epochs: int = 30
-    vlm_train_images: int = 2000
-    vlm_test_images: int = 300
-    vlm_stage1_steps: int = 150
-    vlm_stage2_steps: int = 600
-    rounds: int = 3
-    progress: bool = True
-
+from .options import BUDGETS, EVALS, CompareOptions
 
 def _log(message: str) -> None:
     print(message, flush=True)

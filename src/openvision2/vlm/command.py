@@ -30,10 +30,10 @@ def add_vlm_arguments(sub, common) -> None:
                      help=f"projector-only steps on captions (default: {defaults.stage1_steps})")
     vlm.add_argument("--stage2-steps", type=int, default=defaults.stage2_steps,
                      help=f"projector + LM steps on question/answer pairs (default: {defaults.stage2_steps})")
-    vlm.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr)
+    vlm.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr, help="peak learning rate of stage 1")
     vlm.add_argument("--stage2-lr", type=float, default=defaults.stage2_lr,
                      help="peak learning rate of stage 2 (use ~2e-5 with a pretrained --lm, as LLaVA-1.5 does)")
-    vlm.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    vlm.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step of both stages")
     vlm.add_argument("--seed", type=int, default=0, help="data and initialisation seed (default: 0)")
     vlm.add_argument("--vs-random", action="store_true",
                      help="also evaluate the same encoder architecture randomly initialised, side by side")
