@@ -13,8 +13,8 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-train: setup  ## train the default preset (tiny-cpu) on the embedded dataset, then print captions
-	$(VENV)/bin/ov2 train --preset tiny-cpu --out runs/tiny-cpu
+train: setup  ## train the default preset (tiny-cpu) on the embedded dataset (continuing runs/tiny-cpu if there), then print captions
+	$(VENV)/bin/ov2 train --preset tiny-cpu --out runs/tiny-cpu --resume
 
 test: setup  ## run the test suite
 	$(VENV)/bin/python -m pytest tests

@@ -4,11 +4,13 @@ positive figures. Timings are not asserted (benchmarks are commands, not timed t
 import json
 
 import pytest
+import torch
 
 from openvision2.bench.methods import METHODS, BenchShape, StepLoss, build_model, make_batch
 from openvision2.bench.runner import find_max_batch
 from openvision2.cli import main
 from openvision2.errors import UserError
+from openvision2.precision import auto_precision
 
 TINY = ["--model", "mu/8", "--res", "32", "--decoder", "mu", "--vocab", "64", "--text-len", "12",
         "--alt-text-len", "8", "--batch", "2", "--rounds", "2", "--warmup", "1", "--threads", "1",
@@ -30,6 +32,9 @@ def test_bench_json_has_every_method_with_positive_figures(capsys):
     assert ratios["openvision2"] == {"time": 1.0, "memory": 1.0, "flops": 1.0}
     assert ratios["openvision1"]["flops"] > 1 and ratios["cappa"]["flops"] > 1
     assert out["peak_tflops"] == 1.0 and out["shape"]["batch_size"] == 2
+    # precision: resolved as `ov2 train` resolves it, and reported with what was asked
+    asked = out["precision_asked"]
+    assert out["precision"] == (auto_precision(torch.device("cpu")) if asked == "auto" else asked)
 
 
 def test_bench_max_batch_and_table(capsys):

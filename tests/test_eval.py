@@ -163,7 +163,8 @@ def test_eval_cli_prints_one_json_object(tiny_checkpoint_dir, tmp_path, capsys):
                  "--task", "synthetic-colour", "--vs-random", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["task"] == "synthetic-colour" and result["trained"]["num_classes"] == 6
-    assert set(result) == {"task", "reduce", "trained", "random_init"}
+    assert set(result) == {"task", "reduce", "trained", "random_init", "precision", "precision_asked"}
+    assert result["precision_asked"] == "auto" and result["precision"] in ("bf16", "fp32")
     assert main(["eval", "captions", "--checkpoint", str(tmp_path / "ckpt"), "--caption-images", "3", "--decoding", "beam",
                  "--beam-size", "2", "--show", "1", "--json"]) == 0
     assert "cider" in json.loads(capsys.readouterr().out)

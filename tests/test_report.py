@@ -25,7 +25,8 @@ def run_dir(tmp_path_factory, tiny_tokenizer):
     model = OpenVision2(config.model_config(tokenizer.vocab_size, tokenizer.pad_id))
     save_checkpoint(run / "checkpoints" / "step-0000030", model, tokenizer, {"step": 30, "train": config.to_dict()})
     mark_latest(run / "checkpoints", "step-0000030")
-    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    resolved = {"precision": "bf16", "parallel": "none", "threads": 1, "world_size": 1, "tokenizer": "bpe vocab 64"}
+    (run / "config.json").write_text(json.dumps({**config.to_dict(), "resolved": resolved}))
     lines = [{"step": 0, "val_loss": 4.2}]
     for step in range(10, 31, 10):
         lines.append({"step": step, "loss": 4.0 - step / 20, "lr": 1e-3 * step / 30, "images_per_s": 100.0 + step})
@@ -50,6 +51,7 @@ def test_report_writes_page_plots_and_images(run_dir, report):
         assert (run_dir / "report" / source).stat().st_size > 0
     assert {"zeroshot/top1", "captions/cider"} <= set(report["evaluations"])
     assert page.count("class='pred'") == NUM_IMAGES and "truth: " in page
+    assert "<th>resolved precision</th><td>bf16</td>" in page  # what precision=auto became for this run
 
 
 def test_report_cli_json(run_dir, tmp_path, capsys):

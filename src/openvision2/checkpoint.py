@@ -8,7 +8,6 @@ Loading never executes code (safetensors and JSON only).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -16,6 +15,7 @@ from typing import NamedTuple
 import torch
 from safetensors.torch import load_file, save_file
 
+from .durable import fsync_tree, replace_dir, write_durably
 from .errors import UserError
 from .methods import build_model
 from .models import ModelConfig, OpenVision2
@@ -40,16 +40,13 @@ def save_checkpoint(directory: str | Path, model: OpenVision2, tokenizer: Captio
     (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save(tmp)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    fsync_tree(tmp)
+    replace_dir(tmp, directory)
     return directory
 
 
 def mark_latest(checkpoints_dir: Path, name: str) -> None:
-    tmp = checkpoints_dir / f".{LATEST}.tmp"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, checkpoints_dir / LATEST)
+    write_durably(checkpoints_dir / LATEST, name + "\n")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -89,10 +86,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         state = load_file(directory / WEIGHTS, device=str(device))
     except Exception as err:  # OSError, JSONDecodeError, SafetensorError: all mean an unreadable checkpoint
         raise UserError(f"cannot read checkpoint {directory}: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise UserError(f"cannot read checkpoint {directory}: its {CONFIG} has no `model` section; "
+                        f"it was not written by ov2 (or was edited): restore it from the run")
     # config.json's model section names its method (methods.py); one written before methods were
     # recorded has none, and is OpenVision 2's (a CapPa model's weights are OpenVision 2's too).
-    model = build_model(ModelConfig.from_dict(meta["model"]), device="meta")
-    model.load_state_dict(state, assign=True)
+    try:
+        model = build_model(ModelConfig.from_dict(meta["model"]), device="meta")
+        model.load_state_dict(state, assign=True)
+    except (RuntimeError, TypeError, ValueError, KeyError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read checkpoint {directory}: its weights do not match the model its {CONFIG} "
+                        f"describes ({first_line}); restore the checkpoint from the run") from None
     # An encoder-only checkpoint (decoder "none", from `ov2 import`) may come without a tokenizer.
     has_tokenizer = model.decoder is not None or (directory / TOKENIZER_CONFIG).is_file()
     return Checkpoint(model.to(device).eval(), CaptionTokenizer.load(directory) if has_tokenizer else None, meta)

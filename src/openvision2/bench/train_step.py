@@ -42,8 +42,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps-per-round", type=int, default=1, help="timed steps per method per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto: bf16 autocast on GPU, fp32 on "
-                                                              "CPU (where bf16 matmuls are far slower)")
+    parser.add_argument("--precision", default="auto", help="fp32, bf16 or auto (default): what `ov2 train` picks, "
+                                                              "from hardware flags (bf16 on Ampere+ GPUs and on CPUs "
+                                                              "with AVX-512 BF16 or AMX, else fp32)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per worker (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, help="peak for MFU (default: known GPU peak, else probe)")
     parser.add_argument("--max-batch", action="store_true", help="also bisect each method's largest batch "
@@ -72,9 +73,9 @@ def resolve(args):
         raise UserError(f"unknown device {args.device!r}: use cpu, cuda or auto")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but no GPU is visible to torch")
-    precision = ("bf16" if device == "cuda" else "fp32") if args.precision == "auto" else args.precision
-    if precision not in ("fp32", "bf16"):
-        raise UserError(f"unknown precision {args.precision!r}: use fp32, bf16 or auto")
+    from ..precision import resolve_precision_name
+
+    precision = resolve_precision_name(args.precision, torch.device(device))
     methods = [check_method(m.strip()) for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods is empty: name at least one of openvision2, openvision1, cappa, coca")
@@ -187,7 +188,8 @@ def run(args) -> int:
             ratios[method] = {"time": r["step_s"] / ref["step_s"], "memory": r["peak_mem_bytes"] / ref["peak_mem_bytes"],
                               "flops": r["gflops_per_image"] / ref["gflops_per_image"]}
     out = {"device": device.type, "device_name": device_name(device), "precision": precision,
-           "shape": shape.to_dict(), "rounds": args.rounds, "steps_per_round": args.steps_per_round,
+           "precision_asked": args.precision, "shape": shape.to_dict(), "rounds": args.rounds,
+           "steps_per_round": args.steps_per_round,
            "warmup": args.warmup, "peak_tflops": peak, "peak_source": peak_source,
            "methods": results, "ratios_vs_openvision2": ratios}
 
@@ -255,7 +257,8 @@ def print_table(out: dict) -> None:
     s = out["shape"]
     print(f"{s['encoder']} @ {s['image_size']}px, decoder {s['decoder']}, text tower {s['text_encoder'] or s['decoder']}, "
           f"batch {s['batch_size']}, {s['text_len'] - 1} caption positions, vocab {s['vocab_size']}, "
-          f"keep {s['keep_ratio']:g}; {out['precision']} on {out['device_name']}")
+          f"keep {s['keep_ratio']:g}; {out['precision']} (asked {out.get('precision_asked', out['precision'])}) "
+          f"on {out['device_name']}")
     print(f"peak {out['peak_tflops']:.3g} TFLOP/s ({out['peak_source']}); median of {out['rounds']} interleaved "
           f"rounds x {out['steps_per_round']} step(s) after {out['warmup']} warm-up step(s)")
     head = f"{'method':12s} {'step s':>8s} {'img/s':>8s} {'peak mem':>9s} {'GFLOPs/img':>10s} {'MFU':>6s}"

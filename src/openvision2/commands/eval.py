@@ -27,6 +27,8 @@ def _common(parser, checkpoint_required: bool = True) -> None:
     add_checkpoint(parser, required=checkpoint_required)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_json(parser)
+    parser.add_argument("--precision", default="auto",
+                        help="fp32, bf16 or auto: resolved as `ov2 train` does, from hardware flags (default: auto)")
 
 
 def _task_args(parser) -> None:
@@ -140,6 +142,9 @@ def _task(args, image_size: int, num_train: int = 16):
 def _emit(args, result: dict, lines: list[str]) -> int:
     import json
 
+    result = {**result, "precision": args.resolved_precision, "precision_asked": args.precision}
+    lines = [*lines, f"(precision {args.resolved_precision}, asked {args.precision})"]
+
     if args.json:
         print(json.dumps(result))
     else:
@@ -215,7 +220,17 @@ def check_counts(args) -> None:
 
 
 def run(args) -> int:
+    """Every evaluation runs under the precision `ov2 train` would pick here, and reports it."""
+    from ..precision import DTYPES, autocast, resolve_precision_name
+
     check_counts(args)
+    device = _device(args)
+    args.resolved_precision = resolve_precision_name(args.precision, device)
+    with autocast(device, DTYPES[args.resolved_precision]):
+        return _run(args)
+
+
+def _run(args) -> int:
     target = args.eval_target
     if target == "speed":
         return _run_speed(args)

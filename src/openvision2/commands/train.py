@@ -18,6 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--steps", type=int, help="number of optimizer steps (overrides the preset)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from OUT/checkpoints/latest (model, optimizer, schedule, data position, RNG)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start a new run in a non-empty OUT, deleting the previous run's checkpoints, metrics "
+                             "and config (without it, a non-empty OUT is refused unless --resume)")
     parser.add_argument("--list", action="store_true", help="list presets and recipes and exit")
     parser.add_argument("--list-keys", action="store_true",
                         help="print every key (section.field, with its flat alias), the preset's value, the "
@@ -43,11 +46,13 @@ def run(args) -> int:
     if args.recipe:
         if args.list_keys:
             raise UserError("--list-keys shows a preset; a recipe's stages are in openvision2/train/recipes.py")
+        if args.overwrite:
+            raise UserError("a recipe always continues what is in --out: give a new --out instead of --overwrite")
         from ..train.recipes import get_recipe, run_recipe
 
         get_recipe(args.recipe)  # an unknown name fails before any process group starts
-        return _distributed(lambda: run_recipe(args.recipe, args.out, args.overrides, args.steps,
-                                               progress=not args.no_progress))
+        return _distributed(lambda: (run_recipe(args.recipe, args.out, args.overrides, args.steps,
+                                                progress=not args.no_progress) or [{}])[-1])
     config = apply_overrides(get_preset(args.preset), args.overrides)
     if args.steps is not None:
         config.optim.steps = args.steps
@@ -57,16 +62,20 @@ def run(args) -> int:
         return 0
     from ..train.loop import train
 
-    return _distributed(lambda: train(config, args.out, progress=not args.no_progress, resume=args.resume))
+    return _distributed(lambda: train(config, args.out, progress=not args.no_progress, resume=args.resume,
+                                      overwrite=args.overwrite))
 
 
 def _distributed(job) -> int:
-    """Run the job, then leave the process group (if torchrun gave one) cleanly."""
+    """Run the job, then leave the process group (if torchrun gave one) cleanly. A run stopped by
+    SIGTERM (after saving) exits with PREEMPTED_EXIT, so schedulers see it as unfinished."""
     import torch.distributed as dist
 
+    from ..train.faults import PREEMPTED_EXIT
+
     try:
-        job()
+        summary = job()
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return PREEMPTED_EXIT if summary.get("stopped") == "preempted" else 0

@@ -14,6 +14,7 @@ from collections import Counter
 from torch.utils.data import DataLoader
 
 from .shards import ShardDataset
+from .workers import ignore_sigterm
 
 log = logging.getLogger("openvision2.data")
 
@@ -31,7 +32,7 @@ class ShardBatches:
     def _start(self) -> None:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-                            persistent_workers=False)
+                            persistent_workers=False, worker_init_fn=ignore_sigterm)
         self._iterator = iter(loader)
 
     def __iter__(self):

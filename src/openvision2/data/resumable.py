@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
+from .workers import ignore_sigterm
 
 
 class ResumableBatches:
@@ -74,7 +75,8 @@ class ResumableBatches:
     def __iter__(self) -> Iterator[dict]:
         loader = DataLoader(self.dataset, batch_sampler=self._index_lists(self.position, self._delivered),
                             collate_fn=self.collate, num_workers=self.num_workers,
-                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None)
+                            persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
+                            worker_init_fn=ignore_sigterm)
         for micro_batch in loader:
             self._delivered += 1
             if self._delivered == self.micro_batches:

@@ -138,13 +138,16 @@ def run_probes(model, task, probes=PROBES, attentive_epochs: int = 30) -> dict:
     train_pooled, train_tokens = extract_features(model, task.train.images)
     test_pooled, test_tokens = extract_features(model, task.test.images)
     train_y, test_y, classes = task.train.labels, task.test.labels, len(task.classnames)
-    result = {"num_train": len(train_y), "num_test": len(test_y), "num_classes": classes}
-    if "linear" in probes:
-        result["linear_pooled"] = linear_probe(train_pooled, train_y, test_pooled, test_y, classes)
-        result["linear_patch_mean"] = linear_probe(train_tokens.mean(1), train_y, test_tokens.mean(1), test_y, classes)
-    if "attentive" in probes:
-        result["attentive"] = attentive_probe(train_tokens, train_y, test_tokens, test_y, classes,
-                                              epochs=attentive_epochs)
-    if "knn" in probes:
-        result["knn"] = knn_accuracy(train_pooled, train_y, test_pooled, test_y, classes)
+    # The features may come from a bf16 autocast region; the probes themselves are fitted in fp32 (CPU).
+    with torch.autocast("cpu", enabled=False):
+        result = {"num_train": len(train_y), "num_test": len(test_y), "num_classes": classes}
+        if "linear" in probes:
+            result["linear_pooled"] = linear_probe(train_pooled, train_y, test_pooled, test_y, classes)
+            result["linear_patch_mean"] = linear_probe(train_tokens.mean(1), train_y, test_tokens.mean(1), test_y,
+                                                       classes)
+        if "attentive" in probes:
+            result["attentive"] = attentive_probe(train_tokens, train_y, test_tokens, test_y, classes,
+                                                  epochs=attentive_epochs)
+        if "knn" in probes:
+            result["knn"] = knn_accuracy(train_pooled, train_y, test_pooled, test_y, classes)
     return result

@@ -114,6 +114,15 @@ def _run_config(run_dir: Path, checkpoint_meta: dict) -> tuple[EvalConfig, HeldO
     return config, held_out, read("model", "method", checkpoint_meta.get("model", {}).get("method", "openvision2"))
 
 
+def _resolved(run_dir: Path) -> dict:
+    """The `resolved` section of a run's config.json (precision, parallel, threads, ...), or {}."""
+    try:
+        resolved = json.loads((run_dir / "config.json").read_text()).get("resolved", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return resolved if isinstance(resolved, dict) else {}
+
+
 def _save_image(image: torch.Tensor, path: Path, min_side: int = 160) -> None:
     picture = Image.fromarray(image.permute(1, 2, 0).numpy())
     scale = max(1, math.ceil(min_side / picture.width))
@@ -174,9 +183,12 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, num_ima
         _save_image(image, out_dir / "images" / f"{i:03d}.png")
         samples.append({"image": f"images/{i:03d}.png", "prediction": prediction, "truth": refs[0]})
     last = {k: v for r in records for k, v in r.items() if k != "step"}
+    # What the run chose automatically (a recipe records it per stage, next to the stage's checkpoints).
+    resolved = _resolved(run_dir) or _resolved(checkpoint.parent.parent)
     summary = {"run": str(run_dir.resolve()), "checkpoint": checkpoint.name, "step": meta.get("step", "?"),
                "model": f"{model.config.encoder} + decoder {model.config.decoder} @ {model.config.image_size}px",
                "method": method, "dataset": data.dataset,
+               **{f"resolved {k}": v for k, v in resolved.items()},
                **{f"last {k}": last[k] for k in ("loss", "val_loss") if k in last}}
     page = render_html(f"OpenVision 2 run report: {run_dir.name}", summary, plots, evaluations, samples)
     (out_dir / "index.html").write_text(page, encoding="utf-8")

@@ -58,7 +58,8 @@ class ParallelConfig:
                                            choices=ACTIVATION_CHECKPOINTING)
     compile: bool = option(False, "torch.compile each transformer block")
     meta_init: bool = option(False, "build on the meta device, shard, then initialise (1B+ models under FSDP)")
-    precision: str = option("auto", "auto (bf16 autocast where bf16 matmuls are fast, else fp32), bf16 or fp32",
+    precision: str = option("auto", "auto (bf16 where the hardware computes it natively: Ampere+ GPUs, CPUs with "
+                            "AVX-512 BF16 or AMX; else fp32; recorded in the run and reused on resume), bf16 or fp32",
                             choices=PRECISIONS)
 
 

@@ -61,3 +61,12 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()
+
+
+def broadcast_object(value, world: World):
+    """Rank 0's value on every rank (for small Python objects: an error message, a decision)."""
+    if not world.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

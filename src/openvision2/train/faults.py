@@ -8,6 +8,11 @@ import threading
 
 from ..errors import UserError
 
+# The exit status of a run stopped by SIGTERM after saving its checkpoint: EX_TEMPFAIL of sysexits.h
+# ("try again later"). Not 0, so SLURM --requeue, torchrun and scripts see an unfinished run; not 143
+# (what dying of SIGTERM looks like), so they can tell a clean preemption from a crash.
+PREEMPTED_EXIT = 75
+
 
 class TrainingDiverged(UserError):
     """Too many consecutive non-finite steps; the last good checkpoint is kept."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import durable
 from ..data.build import (CaptionCollate, build_from_config, build_tokenizer, fixed_batch, micro_batch_size,
                           train_batches)
 from ..errors import UserError
@@ -27,10 +28,10 @@ from ..generate import greedy_caption
 from ..logs import get_logger, setup_logging
 from ..methods import get_method
 from ..models.losses import caption_targets, objective
-from ..precision import autocast, resolve_precision
+from ..precision import DTYPES, autocast, resolve_precision_name
 from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
-from . import state as ckpt
+from . import rundir, state as ckpt
 from .config import TrainConfig
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .factory import build_model
@@ -102,28 +103,53 @@ def grad_norm(model) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False) -> dict:
+def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False,
+          overwrite: bool = False, inherit: dict | None = None) -> dict:
     """Train into out_dir (from scratch, from config.init_from's weights, or, with resume=True, from
-    out_dir's latest checkpoint); returns a summary (first/last held-out loss, captions, ...)."""
+    out_dir's latest checkpoint); returns a summary (first/last held-out loss, captions, ...).
+    out_dir is locked for the run; a fresh run refuses a non-empty out_dir unless overwrite=True.
+    inherit: automatic choices recorded by an earlier run (a recipe's previous stage) to reuse."""
     world = init_world()
     check_config(config, world)
-    out_dir, device = Path(out_dir), world.device
-    checkpoints = out_dir / "checkpoints"
-    optim, run, par = config.optim, config.run, config.parallel
-    dtype = resolve_precision(par.precision, device)
-    parallel = resolve_parallel(par.strategy, world.world_size)
+    out_dir = Path(out_dir)
     setup_logging()
-    # progress messages from rank 0 only (logs.py routes them around the progress bar)
-    log = logger.info if world.is_main else (lambda *a, **k: None)
     # torchrun's elastic agent restarts failed workers: they pick the run up where it was saved.
     resume = resume or world.restart_count > 0
-    resume_from = ckpt.latest_checkpoint(checkpoints) if resume else None
+    with rundir.owned(out_dir, world, resume, overwrite):
+        return _train(config, out_dir, world, progress, resume, inherit or {})
+
+
+def resolve_choices(config: TrainConfig, out_dir: Path, world: World, resume: bool, inherit: dict) -> dict:
+    """Every choice made automatically, made once per run: a resume (or a recipe's later stage, or a
+    torchrun restart) reuses what was recorded in out_dir/config.json, and refuses a contradiction."""
+    par = config.parallel
+    previous = {**inherit, **(rundir.recorded(out_dir) if resume else {})}
+    if previous.get("world_size") != world.world_size:  # "auto" parallelism depends on the world size
+        previous.pop("parallel", None)
+    requested = {"precision": par.precision, "parallel": par.strategy}
+    automatic = {"precision": resolve_precision_name(par.precision, world.device),
+                 "parallel": resolve_parallel(par.strategy, world.world_size)}
+    chosen = rundir.reconcile(requested, automatic, previous, out_dir)
+    threads = int(previous.get("threads", torch.get_num_threads()))
+    rundir.apply_threads(threads)
+    return {**chosen, "threads": threads, "world_size": world.world_size}
+
+
+def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, resume: bool, inherit: dict) -> dict:
+    device = world.device
+    checkpoints = out_dir / "checkpoints"
+    optim, run, par = config.optim, config.run, config.parallel
+    resolved = resolve_choices(config, out_dir, world, resume, inherit)
+    dtype, parallel = DTYPES[resolved["precision"]], resolved["parallel"]
+    # progress messages from rank 0 only (logs.py routes them around the progress bar)
+    log = logger.info if world.is_main else (lambda *a, **k: None)
+    log(f"run {out_dir}: precision {resolved['precision']} (asked {par.precision}), parallel {parallel} "
+        f"(asked {par.strategy}), {resolved['threads']} threads, {world.world_size} rank(s)")
+    resume_from = ckpt.latest_checkpoint(checkpoints, warn=log) if resume else None
     if resume and resume_from is None and checkpoints.is_dir():
         log(f"no checkpoint in {checkpoints} yet: starting from scratch")
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if checkpoints.is_dir():
-            ckpt.clean_partial_saves(checkpoints)
+    if world.is_main and checkpoints.is_dir():
+        ckpt.clean_partial_saves(checkpoints)
     barrier(world)
 
     torch.manual_seed(run.seed)
@@ -166,9 +192,11 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
         guard.skipped = saved.get("skipped_steps", 0)
         log(f"resumed from {resume_from} at step {start_step}")
 
+    resolved["tokenizer"] = f"{config.data.tokenizer} vocab {tokenizer.vocab_size}"
     metrics = None
     if world.is_main:
-        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        durable.write_durably(out_dir / "config.json", json.dumps({**config.to_dict(), "resolved": resolved},
+                                                                  indent=2) + "\n")
         metrics = MetricsLog(out_dir, run.tensorboard, config.to_dict())
     params = sum(p.numel() for p in model.parameters())
     where = f"{device}" if world.world_size == 1 else f"{world.world_size} x {device.type} ({parallel})"

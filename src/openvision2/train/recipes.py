@@ -23,14 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import LATEST
+from ..durable import write_durably
 from ..errors import UserError
 from ..logs import get_logger, setup_logging
-from . import presets
+from . import presets, rundir
 from .config import TrainConfig, apply_overrides
 from .presets import tiny_cpu
 
 DONE = "stage-done.json"
 logger = get_logger("train")
+RECIPE = "recipe.json"
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,39 @@ def stage_dir(out_dir: Path, stage: Stage) -> Path:
 
 def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps: int | None = None,
                progress: bool = True) -> list[dict]:
-    """Train every stage of a recipe in order; returns the summaries of the stages run now."""
-    from .distributed import barrier, init_world
-    from .loop import train
+    """Train every stage of a recipe in order; returns the summaries of the stages run now. OUT is
+    locked for all stages; a later stage reuses the automatic choices (precision, threads, ...) that
+    the first recorded, so a curriculum never changes precision between stages."""
+    from .distributed import init_world
 
     setup_logging()
     world = init_world()
     out_dir = Path(out_dir)
+    with rundir.owned(out_dir, world, what="recipe", claim=lambda: claim_for_recipe(out_dir, name)):
+        return _run_stages(name, out_dir, overrides, steps, progress, world)
+
+
+def claim_for_recipe(out_dir: Path, name: str) -> None:
+    """OUT/recipe.json names the recipe that owns OUT: another recipe, or a directory holding
+    something else, is refused rather than mixed in."""
+    marker = out_dir / RECIPE
+    if marker.is_file():
+        owner = json.loads(marker.read_text()).get("recipe")
+        if owner != name:
+            raise UserError(f"{out_dir} holds recipe {owner!r}, not {name!r}: continue it with --recipe {owner}, "
+                            f"or choose another --out")
+        return
+    others = [n for n in rundir.existing_run_files(out_dir) if not n.startswith("stage-") and n != "checkpoints"]
+    if others:
+        raise UserError(f"{out_dir} is not empty ({', '.join(others[:4])}) and is not a recipe's directory: "
+                        f"choose another --out")
+    write_durably(marker, json.dumps({"recipe": name}) + "\n")
+
+
+def _run_stages(name: str, out_dir: Path, overrides, steps, progress, world) -> list[dict]:
+    from .distributed import barrier
+    from .loop import train
+
     stages, summaries, previous = get_recipe(name), [], None
     for index, stage in enumerate(stages):
         directory = stage_dir(out_dir, stage)
@@ -116,13 +144,14 @@ def run_recipe(name: str, out_dir: str | Path, overrides: list[str] = (), steps:
             continue
         if world.is_main:
             logger.info(f"== recipe {name}: stage {index + 1}/{len(stages)} ({stage.name}) in {directory}")
-        summary = train(config, directory, progress=progress, resume=True)
+        inherit = rundir.recorded(previous) if previous is not None else {}
+        summary = train(config, directory, progress=progress, resume=True, inherit=inherit)
         summaries.append(summary)
         if summary.get("stopped"):
             return summaries
         if world.is_main:
-            (directory / DONE).write_text(json.dumps({k: summary[k] for k in ("first_val_loss", "final_val_loss",
-                                                                              "step", "checkpoint")}) + "\n")
+            write_durably(directory / DONE, json.dumps({k: summary[k] for k in ("first_val_loss", "final_val_loss",
+                                                                                "step", "checkpoint")}) + "\n")
             link_latest(out_dir, directory)
         barrier(world)
         previous = directory
@@ -136,6 +165,4 @@ def link_latest(out_dir: Path, directory: Path) -> None:
     stage_latest = (directory / "checkpoints" / LATEST).read_text().strip()
     pointer_dir = out_dir / "checkpoints"
     pointer_dir.mkdir(parents=True, exist_ok=True)
-    tmp = pointer_dir / f".{LATEST}.tmp"
-    tmp.write_text(f"../{directory.name}/checkpoints/{stage_latest}\n")
-    tmp.replace(pointer_dir / LATEST)
+    write_durably(pointer_dir / LATEST, f"../{directory.name}/checkpoints/{stage_latest}\n")
