@@ -34,8 +34,11 @@ def _own_checkpoint(path: Path) -> Path | None:
 
 def tokenizer_source(path: str | Path) -> Path | None:
     """The directory to read the tokenizer from, or None when the run's config must build one."""
-    directory = _own_checkpoint(Path(path))
-    return directory if directory is not None and (directory / TOKENIZER_CONFIG).is_file() else None
+    try:
+        directory = resolve_checkpoint(path)
+    except UserError:
+        return None
+    return directory if (directory / TOKENIZER_CONFIG).is_file() else None
 
 
 def _encoder_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict, str]:
@@ -69,8 +72,15 @@ def load_init_weights(path: str | Path, model: torch.nn.Module, encoder: torch.n
     """Initialise `model` (possibly wrapped; `encoder` is its plain encoder) from `path`; returns a log line."""
     from .state import load_weights_from
 
+    from ..interop.importer import detect_source
+
     path = Path(path)
     directory = _own_checkpoint(path)
+    if directory is None and path.is_dir():
+        try:
+            detect_source(path)
+        except UserError:  # not an export either: a checkpoint of this project with a damaged config
+            return f"init_from {load_weights_from(path, model)}: loaded every weight"
     if directory is not None and (directory / TOKENIZER_CONFIG).is_file():
         meta = json.loads((directory / CONFIG).read_text())
         if meta["model"].get("decoder", "none") != "none":
