@@ -1,4 +1,4 @@
-"""SPEC §4.2 augmentations: crop statistics, no flip, jitter/grayscale rates, exact colour ops, and
+"""DESIGN.md §4.2 augmentations: crop statistics, no flip, jitter/grayscale rates, exact colour ops, and
 reduced-size JPEG decoding that keeps the crop statistics."""
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ def test_colour_ops_match_their_tf_definitions():
 
 
 def test_jitter_strength_04_factor_ranges():
-    """Brightness/contrast/saturation factors in [0.68, 1.32], hue in [-0.08, 0.08] (SPEC §4.2)."""
+    """Brightness/contrast/saturation factors in [0.68, 1.32], hue in [-0.08, 0.08] (DESIGN.md §4.2)."""
     seen = {}
 
     def record(name):

@@ -149,8 +149,8 @@ def test_periodic_evals_return_flat_numbers(setup):
                          evals="zeroshot,captions,probe")
     metrics = run_evals(model, tokenizer, config.eval, attentive_epochs=2)
     assert set(metrics) == {"zeroshot/top1", "zeroshot/top5", "captions/cider", "captions/bleu4",
-                            "captions/perplexity", "captions/exact_match", "probe/linear", "probe/attentive",
-                            "probe/knn"}
+                            "captions/perplexity", "captions/exact_match", "captions/repeated_phrase_share",
+                            "probe/linear", "probe/attentive", "probe/knn"}
     assert all(isinstance(v, float) for v in metrics.values())
     assert 0 <= metrics["zeroshot/top1"] <= metrics["zeroshot/top5"] <= 1
     assert model.training is False

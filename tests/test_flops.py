@@ -1,5 +1,5 @@
-"""`ov2 flops`: the paper's FLOPs/image (SPEC §5.1) within 3%, parameter counts of the family
-(SPEC §1.1), and the analytic count against what torch counts when the model runs."""
+"""`ov2 flops`: the paper's FLOPs/image (DESIGN.md §5.1) within 3%, parameter counts of the family
+(DESIGN.md §1.1), and the analytic count against what torch counts when the model runs."""
 
 import json
 
@@ -30,14 +30,14 @@ def test_published_figures_and_assumed_decoders_are_the_specs():
 
 
 def test_spec_worked_example_parts():
-    """SPEC §5.4: OV2-L/14@224 = encoder 162.0 + decoder 38.4 + projection 0.14 + head 6.24."""
+    """DESIGN.md §5.4: OV2-L/14@224 = encoder 162.0 + decoder 38.4 + projection 0.14 + head 6.24."""
     parts = count(ModelConfig(method="openvision2", encoder="L/14", decoder="L", image_size=224)).flops
     assert parts["encoder"] / 1e9 == pytest.approx(162.0, abs=0.1)
     assert parts["decoder"] / 1e9 == pytest.approx(38.4 + 0.14, abs=0.1)
     assert parts["vocab_head"] / 1e9 == pytest.approx(6.24, abs=0.01)
 
 
-# SPEC §1.1 published encoder sizes (millions): Ti 5-6, S 22, B 86, L 304, So400m 400-412, H 632, g 1010.
+# DESIGN.md §1.1 published encoder sizes (millions): Ti 5-6, S 22, B 86, L 304, So400m 400-412, H 632, g 1010.
 @pytest.mark.parametrize("encoder, low, high", [("Ti/16", 5.0, 6.0), ("S/16", 21.5, 22.5), ("B/16", 85.5, 86.5),
                                                 ("L/14", 302.0, 305.0), ("So400m/14", 400.0, 413.0),
                                                 ("H/14", 630.0, 633.0), ("g/14", 1005.0, 1015.0)])

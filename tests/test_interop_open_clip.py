@@ -27,7 +27,7 @@ RELEASE_VISION_CFG = dict(image_size=IMAGE_SIZE, patch_size=PATCH, width=WIDTH, 
 
 
 def release_tower(proj: str = "identity", seed: int = 0, **changes) -> VisionTransformer:
-    """open_clip's own class configured as the OV2 release (SPEC §9.3), random weights, sin-cos table."""
+    """open_clip's own class configured as the OV2 release (DESIGN.md §9.3), random weights, sin-cos table."""
     cfg = dict(RELEASE_VISION_CFG, **changes)
     tower = VisionTransformer(
         image_size=cfg["image_size"], patch_size=cfg["patch_size"], width=cfg["width"], layers=cfg["layers"],
@@ -122,7 +122,7 @@ def test_import_refuses_other_vits(tmp_path, change, message):
 
 
 def test_import_refuses_open_clip_sincos_ordering(tmp_path):
-    """open_clip's own sin_cos_2d table (MAE ordering) is not OpenVision's (SPEC §1.2)."""
+    """open_clip's own sin_cos_2d table (MAE ordering) is not OpenVision's (DESIGN.md §1.2)."""
     tower = release_tower()
     with torch.no_grad():
         tower.positional_embedding.copy_(VisionTransformer(

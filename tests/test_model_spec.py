@@ -1,4 +1,4 @@
-"""Masking, decoder masks, caption layout and loss, weight decay: SPEC §1.3, §2, §3, §4.4."""
+"""Masking, decoder masks, caption layout and loss, weight decay: DESIGN.md §1.3, §2, §3, §4.4."""
 
 import pytest
 import torch
@@ -35,12 +35,20 @@ def test_keep_ratio_outside_range_is_refused(ratio):
         ModelConfig(keep_ratio=ratio)
 
 
-def test_encoder_sees_every_patch_and_no_masking_at_inference():
+def test_eval_keep_ratio_sets_the_tokens_decoded_at_inference_deterministically():
+    images = torch.randn(3, 3, 32, 32)
     model = tiny()
-    images = torch.randn(2, 3, 32, 32)
-    assert model.visual_prefix(images).shape[1] == num_kept(16, 0.35)
+    assert model.visual_prefix(images).shape[1] == num_kept(16, 0.35)  # training: random subset per example
     model.eval()
-    assert model.visual_prefix(images).shape[1] == 16
+    _, tokens = model.encode_image(images)
+    assert tokens.shape[1] == 16  # the encoder always sees every patch
+    # default: the training keep_ratio, as the release does at evaluation
+    kept = model.visual_prefix(images)
+    assert kept.shape[1] == 5 and torch.equal(kept, model.visual_prefix(images))  # seeded: reproducible
+    assert torch.equal(model.visual_prefix(images[2:]), kept[2:])  # the same subset whatever the batch
+    all_tokens = tiny(eval_keep_ratio=1.0).eval()
+    all_tokens.load_state_dict(model.state_dict())
+    assert torch.equal(all_tokens.visual_prefix(images), tokens)  # every token, in spatial order
 
 
 def test_mask_options():

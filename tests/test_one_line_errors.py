@@ -57,9 +57,11 @@ def test_shard_patterns_that_cannot_work_are_user_errors(tmp_path):
         parse_sources(f"{tmp_path}/train-{{000..009}}.tar")
 
 
-def test_an_image_size_the_patch_size_does_not_divide_is_one_line():
-    with pytest.raises(UserError, match="not a multiple of the patch size 16"):
-        apply_overrides(get_preset("tiny-cpu"), ["encoder=nano/16", "image_size=30"])
+def test_an_image_smaller_than_a_patch_is_one_line_and_a_remainder_is_floored():
+    with pytest.raises(UserError, match="smaller than the patch size 16"):
+        apply_overrides(get_preset("tiny-cpu"), ["encoder=nano/16", "image_size=12"])
+    # 30 px in 16 px patches: one patch per side, the rest dropped as the release's VALID conv does
+    assert apply_overrides(get_preset("tiny-cpu"), ["encoder=nano/16", "image_size=30"]).image_size == 30
 
 
 def test_export_to_an_impossible_out_is_one_line(checkpoint, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""OpenVision 1 baseline (SPEC §6), the CapPa-style variant (SPEC §10.1) and the batch fields they need."""
+"""OpenVision 1 baseline (DESIGN.md §6), the CapPa-style variant (DESIGN.md §10.1) and the batch fields they need."""
 
 import math
 import os

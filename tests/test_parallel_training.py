@@ -111,7 +111,7 @@ def _shard_g14(rank: int, world_size: int, port: int, out: str) -> None:
 def test_g14_shards_from_meta_without_materialising(tmp_path):
     spawn(_shard_g14, 2, free_port(), str(tmp_path))
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    encoder_params = 40 * (4 * 1408**2 + 2 * 1408 * 6144)  # SPEC §1.1: g/14 ~ 1.01B in its blocks
+    encoder_params = 40 * (4 * 1408**2 + 2 * 1408 * 6144)  # DESIGN.md §1.1: g/14 ~ 1.01B in its blocks
     for result in results:
         assert result["total"] > encoder_params > 1.0e9
         assert result["all_dtensor"] and result["all_meta"]

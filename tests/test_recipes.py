@@ -1,4 +1,4 @@
-"""The resolution curriculum: the paper's stage numbers (SPEC §4.3), and the CPU recipe end to end."""
+"""The resolution curriculum: the paper's stage numbers (DESIGN.md §4.3), and the CPU recipe end to end."""
 
 from __future__ import annotations
 

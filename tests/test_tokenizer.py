@@ -1,4 +1,4 @@
-"""Tokenizer ids and the caption sequence layout (SPEC §3.1, §3.2)."""
+"""Tokenizer ids and the caption sequence layout (DESIGN.md §3.1, §3.2)."""
 
 import pytest
 import torch

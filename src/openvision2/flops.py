@@ -1,6 +1,6 @@
 """Analytic forward FLOPs per image and parameter counts, per part, for the three methods.
 
-Counting convention (SPEC §5.4), the one under which the paper's four FLOPs/image figures come out:
+Counting convention (DESIGN.md §5.4), the one under which the paper's four FLOPs/image figures come out:
 - a matmul of [m, k] by [k, n] costs 2*m*k*n FLOPs; LayerNorms, activations, softmax, biases,
   residual adds and the loss are not counted (they are well under 1% at these sizes);
 - a transformer layer over n tokens of width d with MLP width m costs 2*n*(4*d^2 + 2*d*m) for its
@@ -10,7 +10,7 @@ Counting convention (SPEC §5.4), the one under which the paper's four FLOPs/ima
 - OpenVision 2's decoder runs over the K kept visual tokens (floor(N * keep_ratio)) plus the
   text_len - 1 = 127 caption positions, plus the projection of the K tokens; the vocabulary head
   runs over the 127 caption positions;
-- OpenVision 1 (SPEC §6) adds the image embedding head, the text encoder over one 80-token text,
+- OpenVision 1 (DESIGN.md §6) adds the image embedding head, the text encoder over one 80-token text,
   and a decoder over all N patch tokens + 79 alt-text tokens + 128 queries (plus both prefix
   projections), with the vocabulary head over the 128 queries;
 - the CapPa-style variant is OpenVision 2 with K = N.
@@ -23,10 +23,11 @@ per image (the alt-text and the sub-caption). Counted twice, OV1 comes out at 28
 and 1624.1 (-0.9%, -0.8%). OpenVision 2 comes out at 206.8 and 1009.7 against 208.90 and 1017.74
 (-1.0%, -0.8%). `text_passes=2` gives the full training-step forward instead.
 
-Decoders assumed where none is named (SPEC §2, §5.4): the L decoder (768 wide, 12 deep) for L/14,
-the So400m-shaped decoder (1152 wide, 27 deep) for So400m/14, and otherwise the decoder of the
-encoder's own size class where one exists (Ti, S, M, B, H, G; the tiny mu and nano too), else L.
-OpenVision 1's text encoder takes the decoder's size (SPEC §6 lists the same shapes for both).
+Decoders assumed where none is named are the recipes' (models/registry.py paper_decoder; DESIGN.md §2,
+§5.4): the L decoder (768 wide, 12 deep) for L/14, the So400m-shaped decoder (1152 wide, 27 deep)
+for So400m/14, H (1024 wide, 24 deep; unknown in the paper) for H/14 and g/14, and otherwise the
+decoder of the encoder's own size class where one exists (Ti, S, M, B, G; mu and nano too), else L.
+OpenVision 1's text encoder takes the decoder's size (DESIGN.md §6 lists the same shapes for both).
 """
 
 from __future__ import annotations
@@ -36,17 +37,14 @@ from dataclasses import dataclass, field
 from .errors import UserError
 from .models.config import ModelConfig
 from .models.masking import num_kept
-from .models.registry import DECODER_SIZES, Size, decoder_size, parse_encoder_name
+from .models.registry import Size, decoder_size, paper_decoder, parse_encoder_name
 
 PARTS = ("encoder", "text_encoder", "decoder", "vocab_head")
 
 
 def default_decoder(encoder: str) -> str:
-    """The decoder the paper's FLOPs imply for an encoder (see the module docstring)."""
-    size_name = encoder.partition("/")[0]
-    if size_name == "L":
-        return "L"
-    return size_name if size_name in DECODER_SIZES else "L"
+    """The decoder the recipes assume for an encoder (models/registry.py paper_decoder)."""
+    return paper_decoder(encoder)
 
 
 def layer_matmul_params(size: Size) -> int:
@@ -99,7 +97,7 @@ class Count:
 
 
 def encoder_count(encoder: str, image_size: int) -> tuple[int, int, int, Size]:
-    """(forward FLOPs, parameters, patch tokens, size) of the ViT of SPEC §1.2."""
+    """(forward FLOPs, parameters, patch tokens, size) of the ViT of DESIGN.md §1.2."""
     size, patch = parse_encoder_name(encoder)
     if image_size < patch:
         raise UserError(f"image size {image_size} is smaller than the patch size {patch}")
@@ -173,7 +171,7 @@ def openvision1_count(config: ModelConfig, text_passes: int = 1) -> Count:
     return result
 
 
-# The paper's FLOPs/image (SPEC §5.1): (method, encoder, resolution) -> GFLOPs.
+# The paper's FLOPs/image (DESIGN.md §5.1): (method, encoder, resolution) -> GFLOPs.
 PUBLISHED_GFLOPS = {
     ("openvision2", "L/14", 224): 208.90,
     ("openvision1", "L/14", 224): 271.75,

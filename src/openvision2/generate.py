@@ -156,7 +156,7 @@ def generate(model, tokenizer: CaptionTokenizer, images: torch.Tensor, *, strate
 @torch.no_grad()
 def _parallel(model, tokenizer: CaptionTokenizer, images: torch.Tensor, alt_texts: list[str] | None) -> Generation:
     """OpenVision 1's captioner: the argmax at each of its learned queries, from the image and an
-    alt-text (SPEC §6). Without alt-texts it is given empty ones, i.e. conditioned on the image only,
+    alt-text (DESIGN.md §6). Without alt-texts it is given empty ones, i.e. conditioned on the image only,
     which is outside what it was trained on; pass the images' alt-texts where they exist."""
     was_training = model.training
     model.eval()

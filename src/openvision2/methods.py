@@ -96,8 +96,8 @@ def _register_builtin() -> None:
 
     register(Method("openvision2", "the paper: keep 35% of the visual tokens, causal caption decoder",
                     ModelConfig, OpenVision2, flops.captioner_count))
-    register(Method("openvision1", "the SPEC §6 baseline: text encoder, CLIP losses, parallel caption decoder",
+    register(Method("openvision1", "the DESIGN.md §6 baseline: text encoder, CLIP losses, parallel caption decoder",
                     OpenVision1Config, OpenVision1, flops.openvision1_count,
                     batch_fields=("alt_captions", "sub_captions"), decoding=PARALLEL, train_text_passes=2))
-    register(Method("cappa", "the SPEC §5.3 ablation: every visual token kept, optional parallel prediction",
+    register(Method("cappa", "the DESIGN.md §5.3 ablation: every visual token kept, optional parallel prediction",
                     CapPaConfig, CapPa, flops.captioner_count, fixed={"keep_ratio": 1.0}))

@@ -1,8 +1,12 @@
-"""Choosing the autocast dtype. bf16 is the paper's compute dtype, but on CPUs without native bf16
-matmuls (e.g. AVX2-only) it is tens of times slower than fp32. "auto" decides from what the hardware
-*is* (a GPU's compute capability, the CPU's AVX-512 BF16 / AMX flags as torch reports them), never
-from a timing: a timing differs between processes on a busy machine, and so would the weights of two
-runs of the same command, or the halves of a resumed run (issue 16)."""
+"""Choosing the autocast dtype. The released OpenVision 2 trains the image model in float32
+(train.sh: dtype=float32, param_dtype=float32; bf16 activations were OpenVision 1's), so
+precision=fp32 is the faithful setting; bf16 autocast is a deviation kept for speed where bf16
+matmuls are fast. On CPUs without native bf16 matmuls (e.g. AVX2-only) it is tens of times slower
+than fp32. "auto" decides from what the hardware *is* (a GPU's compute capability, the CPU's
+AVX-512 BF16 / AMX flags as torch reports them), never from a timing: a timing differs between
+processes on a busy machine, and so would the weights of two runs of the same command, or the halves
+of a resumed run (issue 16). Parameters and both Adam moments stay float32 in every mode (the
+release keeps Adam's first moment in bf16; see docs/DESIGN.md §4.4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Images travel as uint8 and are normalised on the device with ImageNet statistics (SPEC §1.2).
+"""Images travel as uint8 and are normalised on the device with ImageNet statistics (DESIGN.md §1.2).
 
-Preprocess states that preprocessing in each library's words; it travels with every export (SPEC §9.5)
+Preprocess states that preprocessing in each library's words; it travels with every export (DESIGN.md §9.5)
 and is every encoder's timm pretrained_cfg (models/vit.py)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Caption tokenizers and the caption sequence layout (SPEC §3.1, §3.2).
+"""Caption tokenizers and the caption sequence layout (DESIGN.md §3.1, §3.2).
 
 Two kinds, one interface:
 - "wordpiece": OpenVision's BERT-uncased WordPiece ids (pad 0, bos 1, eos 2, cls 101), with the
@@ -82,7 +82,7 @@ class CaptionTokenizer:
         tok.train_from_iterator(captions, trainer=trainer)
         return cls(tok, "bpe", pad_id=0, bos_id=1, eos_id=2, cls_id=3, vocab_size=tok.get_vocab_size())
 
-    # --- the caption sequence (SPEC §3.2) ------------------------------------------------
+    # --- the caption sequence (DESIGN.md §3.2) ------------------------------------------------
     def encode(self, texts: list[str], length: int) -> torch.Tensor:
         """[B, length] ids: [bos] pieces [eos], padded with pad or truncated to length-1 (the last
         position then becomes [eos]), then [CLS] appended."""

@@ -2,7 +2,7 @@
 
 Both pipelines read the same shards of photo-sized JPEGs (500x375 to 800x600, cut from the sample
 photos that matplotlib, and scikit-learn where installed, ship; smooth synthetic photos otherwise)
-in one process with one thread, and produce batches of `res` x `res` images with the SPEC §4.2
+in one process with one thread, and produce batches of `res` x `res` images with the DESIGN.md §4.2
 augmentations:
   openvision2: ShardDataset + TrainAugment (crop box on the original size, reduced-size JPEG decode,
                numpy SimCLR-v2 jitter) -> uint8 [B, 3, res, res];

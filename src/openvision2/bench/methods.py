@@ -1,8 +1,8 @@
 """The four models `ov2 bench` compares, each built at one shared shape, with its training loss.
 
 - openvision2: the paper's method (keep 35% of the visual tokens, causal concat decoder).
-- openvision1: the baseline of SPEC §6 built in this codebase (same ViT).
-- cappa: OpenVision 2 with every visual token kept (the "CapPa baseline" of SPEC §5.3).
+- openvision1: the baseline of DESIGN.md §6 built in this codebase (same ViT).
+- cappa: OpenVision 2 with every visual token kept (the "CapPa baseline" of DESIGN.md §5.3).
 - coca: open_clip's CoCa with the same ViT shape, a text tower and a multimodal decoder of the
   decoder's width and depth, open_clip's CoCaLoss (1 x contrastive + 2 x caption) and its own
   defaults otherwise (attentional pooler with 256 queries, causal text tower over the caption,
@@ -27,7 +27,7 @@ from ..options import option, with_default
 
 METHODS = (*all_methods(), "coca")  # the registry's methods (methods.py) and open_clip's CoCa
 CAPTION_LOSS_WEIGHT = 2.0  # the release's weight, applied to every method's caption loss
-_BOS, _EOS, _CLS, _FIRST_WORD = 1, 2, 101, 999  # OpenVision's WordPiece ids (SPEC §3.1)
+_BOS, _EOS, _CLS, _FIRST_WORD = 1, 2, 101, 999  # OpenVision's WordPiece ids (DESIGN.md §3.1)
 
 
 @dataclass

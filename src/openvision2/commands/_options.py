@@ -55,3 +55,18 @@ def decoding_options(args) -> dict:
     if hasattr(args, "decode_seed"):
         options["seed"] = args.decode_seed
     return options
+
+
+def add_eval_keep_ratio(parser) -> None:
+    parser.add_argument("--eval-keep-ratio", type=float, default=None, metavar="R",
+                        help="fraction of the visual tokens the decoder sees, one seeded subset "
+                             "(default: the checkpoint's eval_keep_ratio; 1 = every token)")
+
+
+def apply_eval_keep_ratio(model, ratio: float | None) -> None:
+    """--eval-keep-ratio on a loaded model (a decoder reading visual tokens; others ignore it)."""
+    if ratio is None or not hasattr(model.config, "eval_keep_ratio"):
+        return
+    from ..models.masking import check_keep_ratio
+
+    model.config.eval_keep_ratio = check_keep_ratio(ratio)

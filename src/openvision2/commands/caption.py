@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._options import add_checkpoint, add_decoding, decoding_options
+from ._options import add_checkpoint, add_decoding, add_eval_keep_ratio, apply_eval_keep_ratio, decoding_options
 
 NAME = "caption"
 HELP = "print a caption for each image file (greedy by default; beam search or top-k / top-p sampling)"
@@ -14,6 +14,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images decoded together")
     add_decoding(parser, seed_aliases=("--seed",))
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the model's text_len - 2")
+    add_eval_keep_ratio(parser)
     parser.add_argument("--no-cache", action="store_true", help="re-run the whole sequence each step (slower)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object: per image its caption and log-likelihood")
@@ -32,6 +33,7 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     model, tokenizer, _ = load_checkpoint(args.checkpoint)
+    apply_eval_keep_ratio(model, args.eval_keep_ratio)
     size = model.config.image_size
     images = [load_image(path, size) for path in args.images]  # fail on a bad file before any work
     results = []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from . import caption_accuracy
-from ._options import add, add_checkpoint, add_decoding, add_json, decoding_options
+from ._options import (add, add_checkpoint, add_decoding, add_eval_keep_ratio, add_json, apply_eval_keep_ratio,
+                       decoding_options)
 
 NAME = "eval"
 HELP = ("evaluate a caption-trained encoder: zero-shot by caption likelihood, probes, caption metrics, "
@@ -25,6 +26,7 @@ TARGETS = {
 
 def _common(parser, checkpoint_required: bool = True) -> None:
     add_checkpoint(parser, required=checkpoint_required)
+    add_eval_keep_ratio(parser)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     add_json(parser)
     parser.add_argument("--precision", default="auto",
@@ -108,6 +110,7 @@ def _load(args):
     from ..generate import check_autoregressive
 
     model, tokenizer, meta = load_checkpoint(args.checkpoint, device=_device(args))
+    apply_eval_keep_ratio(model, getattr(args, "eval_keep_ratio", None))
     if args.eval_target not in ("probe", "vlm"):  # probes and VLMs need only the encoder (imported checkpoints have no decoder)
         check_autoregressive(model)
     return model, tokenizer, meta
@@ -245,7 +248,8 @@ def _run(args) -> int:
         lines = [f"held-out captions ({result['num_images']} images, {args.decoding}): "
                  f"perplexity {result['perplexity']:.3f}  CIDEr {result['cider']:.3f}  BLEU-4 {result['bleu4']:.3f}  "
                  f"BLEU-1 {result['bleu1']:.3f}  exact match {result['exact_match']:.3f}  "
-                 f"(tokenizer: {result['tokenizer']})"]
+                 f"repeated phrase {result['repeated_phrase_share']:.3f}  (tokenizer: {result['tokenizer']}; "
+                 f"decoder sees {result['eval_keep_ratio']:g} of the visual tokens)"]
         for i in range(min(args.show, len(predictions))):
             lines.append(f"[{i}] {predictions[i]}\n    (truth: {references[i]})")
         if args.show:

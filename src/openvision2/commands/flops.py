@@ -72,7 +72,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    how = " (assumed: SPEC §2, §5.4)" if decoder_assumed else ""
+    how = " (assumed: DESIGN.md §2, §5.4)" if decoder_assumed else ""
     extra = (f", text encoder {shape.text_encoder or shape.decoder} x{args.text_passes} text"
              if "text_encoder" in out else f", keep ratio {out['keep_ratio']:g}")
     print(f"{shape.method} {shape.encoder} @ {shape.image_size}px, decoder {shape.decoder}{how}{extra}, "

@@ -35,11 +35,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--source", default=None, help="Fashion-MNIST idx directory "
                         "(default: /usr/share/datasets/fashion-mnist, from the dataset-fashion-mnist package)")
     parser.add_argument("--limit", type=int, help="write at most this many samples (per split; default: all)")
-    parser.add_argument("--append", action="store_true",
-                        help="add shards to a non-empty --out, numbered after the ones there (default: refuse)")
-    parser.add_argument("--allow-outside-images", action="store_true",
-                        help="embed image paths that resolve outside --image-dir ('../x', '/abs/x', symlinks "
-                             "out of it); by default such rows are skipped and counted")
+    switches = {"--append": "add shards to a non-empty --out, numbered after the ones there (default: refuse)",
+                "--allow-outside-images": "embed image paths that resolve outside --image-dir ('../x', '/abs/x', "
+                                          "symlinks out of it); by default such rows are skipped and counted"}
+    for flag, text in switches.items():
+        parser.add_argument(flag, action="store_true", help=text)
     add_json(parser)
 
 
@@ -67,24 +67,10 @@ def read_rows(path: str) -> list[dict]:
         raise UserError(f"captions file {path} is not UTF-8 text") from None
 
 
-def _column(rows: list[dict], chosen: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
-    from ..errors import UserError
-
-    keys = list(next((row for row in rows if isinstance(row, dict)), {}))
-    if chosen:
-        if chosen not in keys:
-            raise UserError(f"{path} has no column {chosen!r} (columns: {', '.join(keys)})")
-        return chosen
-    for name in candidates:
-        if name in keys:
-            return name
-    raise UserError(f"{path} has no {what} column: name one with --{what}-column (columns: {', '.join(keys)})")
-
-
 def write_folder(args) -> dict:
     from pathlib import Path
 
-    from ..data.corpora import folder
+    from ..data.corpora import folder, pick_column
     from ..errors import UserError
 
     if not args.image_dir or not args.captions:
@@ -92,8 +78,9 @@ def write_folder(args) -> dict:
     rows = read_rows(args.captions)
     if not rows:
         raise UserError(f"captions file {args.captions} has no rows")
-    image_col = _column(rows, args.image_column, IMAGE_COLUMNS, "image", args.captions)
-    caption_col = _column(rows, args.caption_column, CAPTION_COLUMNS, "caption", args.captions)
+    columns = list(next((row for row in rows if isinstance(row, dict)), {}))
+    image_col = pick_column(columns, args.image_column, IMAGE_COLUMNS, "image", args.captions)
+    caption_col = pick_column(columns, args.caption_column, CAPTION_COLUMNS, "caption", args.captions)
     root = Path(args.image_dir)
     if not root.is_dir():
         raise UserError(f"image folder {root} does not exist")

@@ -1,9 +1,9 @@
-"""The paper's image augmentations (SPEC §4.2), from encoded bytes to a uint8 [3, S, S] tensor.
+"""The paper's image augmentations (DESIGN.md §4.2), from encoded bytes to a uint8 [3, S, S] tensor.
 
 Training: inception crop (40-100% of the area, aspect ratio 3/4-4/3, TF's sampling), bilinear antialiased
 resize, then SimCLR-v2 colour jitter of strength 0.4 with p 0.8 (brightness, contrast, saturation 0.32,
 hue 0.08, the four in random order) and grayscale with p 0.2. No flip. Evaluation: plain resize (the
-released "squash" preprocessing, SPEC §9.5). Normalisation happens later, on the device
+released "squash" preprocessing, DESIGN.md §9.5). Normalisation happens later, on the device
 (`preprocess.normalize`). Every random choice comes from the `random.Random` passed in, so a sample's
 augmentation is a function of its seed: a resumed stream reproduces it exactly.
 """
@@ -124,7 +124,7 @@ def grayscale(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class TrainAugment:
-    """Bytes -> augmented uint8 [3, size, size] (SPEC §4.2)."""
+    """Bytes -> augmented uint8 [3, size, size] (DESIGN.md §4.2)."""
     size: int
     area: tuple[float, float] = (0.4, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -150,7 +150,7 @@ class TrainAugment:
 
 @dataclass(frozen=True)
 class EvalResize:
-    """Bytes -> uint8 [3, size, size]: the whole image, bilinear antialiased ("squash", SPEC §9.5)."""
+    """Bytes -> uint8 [3, size, size]: the whole image, bilinear antialiased ("squash", DESIGN.md §9.5)."""
     size: int
     max_pixels: int = DEFAULT_MAX_PIXELS
     draft: bool = True

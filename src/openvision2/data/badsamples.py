@@ -20,6 +20,7 @@ REASONS = (
     "missing_caption",  # no caption field (no txt member, no json, or the json lacks the key)
     "empty_caption",  # the caption is empty or only whitespace
     "bad_text",  # the caption is not UTF-8, or the json member is not valid JSON
+    "missing_alt_text",  # alt_caption_key is set (OpenVision 1) and the sample has no such field, or it is empty
     "missing_label",  # (labelled evaluation sets) the json member has no integer label / class name
     "long_caption",  # NOT skipped: a caption over MAX_CAPTION_CHARS, kept cut to that length
 )

@@ -25,7 +25,7 @@ def build_dataset(name: str, split: str, num_samples: int, image_size: int, seed
 
 def build_from_config(data: DataConfig, split: str, image_size: int, seed: int = 0) -> Dataset:
     """The "train" or "val" dataset of a config's data section (for every dataset, shards included).
-    Shards: training = endless shuffled stream with the SPEC §4.2 augmentations; val = one ordered
+    Shards: training = endless shuffled stream with the DESIGN.md §4.2 augmentations; val = one ordered
     pass, resized (its first val_samples form the held-out batch)."""
     if data.dataset != "shards":
         count = data.train_samples if split == "train" else data.val_samples
@@ -93,13 +93,13 @@ EXTRA_FIELDS = ("alt_captions", "sub_captions")
 
 def sub_caption(caption: str, rng=random) -> str:
     """One sentence of a long caption, chosen uniformly (split on '.' and '!', as OpenVision 1 /
-    CLIPS do, SPEC §6); the whole caption if it has a single sentence."""
+    CLIPS do, DESIGN.md §6); the whole caption if it has a single sentence."""
     pieces = [p.strip() for p in re.split(r"[.!]", caption) if p.strip()]
     return rng.choice(pieces) if pieces else caption
 
 
 class CaptionCollate:
-    """Stacks uint8 images and turns captions into [B, text_len] token sequences (SPEC §3.2).
+    """Stacks uint8 images and turns captions into [B, text_len] token sequences (DESIGN.md §3.2).
 
     extra_fields adds what a method needs beside the long caption (a model lists them in its
     `batch_fields`): "alt_captions" (the alt-text) and "sub_captions" (one random sentence of the

@@ -8,7 +8,7 @@ from ..options import check_fields, option
 
 DATASETS = ("synthetic", "shards")
 TOKENIZERS = ("wordpiece", "bpe")
-WORDPIECE_VOCAB = 32000  # OpenVision's BERT WordPiece vocabulary (SPEC §3.1)
+WORDPIECE_VOCAB = 32000  # OpenVision's BERT WordPiece vocabulary (DESIGN.md §3.1)
 
 
 @dataclass
@@ -22,8 +22,10 @@ class DataConfig:
                                    "or weighted a-{0..9}.tar@0.7;b.tar@0.3")
     val_shards: str = option("", "held-out shards: the first val_samples of them, in order, resized")
     caption_key: str = option("txt", "a member (txt) or a json key (re_caption); a list gives one caption per visit")
-    alt_caption_key: str = option("", "the alt-text for methods that use one (e.g. org_caption); empty = the caption")
-    shuffle_buffer: int = option(10_000, "samples shuffled together (SPEC §4.1 uses 250 000)", low=0)
+    alt_caption_key: str = option("", "the alt-text for methods that use one (e.g. org_caption); openvision1 on "
+                                      "shards needs it, not the caption key; samples without it are bad samples")
+    shuffle_buffer: int = option(10_000, "samples shuffled together (DESIGN.md §4.1 uses 250 000)", low=0)
+    allow_embedded: bool = option(True, "the paper recipes set false: they refuse the embedded dataset unless asked")
     sample_with_replacement: bool = option(False, "draw shards at random instead of epoch permutations")
     max_image_pixels: int = option(89_478_485, "larger images are skipped as decompression bombs (PIL's limit)",
                                    low=1)

@@ -377,14 +377,15 @@ class SlotStream:
                 image_ext = next((e for e in IMAGE_EXTS if e in members), None)
                 if image_ext is None:
                     raise BadSample("missing_image", f"members: {', '.join(sorted(members)) or 'none'}")
-                caption = alt_text = ""
+                caption = alt_text = ""  # alt_text stays the caption for methods that name no alt-text field
                 if self.dataset.caption_key:
                     caption = alt_text = self.capped(caption_of(members, self.dataset.caption_key, rng), shard, key)
                 if self.dataset.alt_caption_key:
                     try:
                         alt_text = self.capped(caption_of(members, self.dataset.alt_caption_key, rng), shard, key)
-                    except BadSample:  # an optional field: fall back to the caption, keep the sample
-                        pass
+                    except BadSample as err:  # never fall back to the caption: it would leak the target
+                        reason = "bad_text" if err.reason == "bad_text" else "missing_alt_text"
+                        raise BadSample(reason, f"alt-text {self.dataset.alt_caption_key!r}: {err}") from None
                 meta = json_meta(members) if self.dataset.with_meta else None
                 image = self.dataset.transform(members[image_ext], rng)
             except BadSample as err:

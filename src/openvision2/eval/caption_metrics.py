@@ -1,5 +1,7 @@
-"""Caption quality on held-out images: perplexity of the reference captions under the model, and
-CIDEr / BLEU-1..4 of generated captions against them (pycocoevalcap's scorers).
+"""Caption quality on held-out images: perplexity of the reference captions under the model,
+CIDEr / BLEU-1..4 of generated captions against them (pycocoevalcap's scorers), and the share of
+captions that stutter (a phrase of two or more words immediately repeated: "a large blue a large
+blue circle"), which the reference captions never do.
 
 Tokenisation for CIDEr/BLEU: pycocoevalcap's PTB tokenizer (Stanford CoreNLP, needs `java`) when
 java is on the PATH, else a plain lower-case word split with punctuation removed; which one ran is
@@ -19,10 +21,22 @@ from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
 
 
+def repeats_a_phrase(text: str, min_words: int = 2) -> bool:
+    """True if some phrase of at least min_words words is immediately followed by itself."""
+    words = re.findall(r"[\w']+", text.lower())
+    return any(words[i:i + size] == words[i + size:i + 2 * size]
+               for size in range(min_words, len(words) // 2 + 1) for i in range(len(words) - 2 * size + 1))
+
+
+def repeated_phrase_share(texts: list[str], min_words: int = 2) -> float:
+    return sum(repeats_a_phrase(t, min_words) for t in texts) / max(len(texts), 1)
+
+
 @torch.no_grad()
 def perplexity(model, tokenizer: CaptionTokenizer, images: torch.Tensor, captions: list[str],
                batch_size: int = 64) -> dict:
-    """exp(token-mean NLL) of the captions (SPEC §3.3 targets: pieces and [eos]), all visual tokens seen."""
+    """exp(token-mean NLL) of the captions (DESIGN.md §3.3 targets: pieces and [eos]); the decoder sees the
+    visual tokens it sees when captioning (the model's eval keep ratio)."""
     check_autoregressive(model)
     was_training = model.training
     model.eval()
@@ -92,4 +106,8 @@ def caption_metrics(model, tokenizer: CaptionTokenizer, images: torch.Tensor, re
     exact = sum(p.strip() == refs[0].strip() for p, refs in zip(predictions, references)) / max(len(images), 1)
     return {**perplexity(model, tokenizer, images, [refs[0] for refs in references], batch_size),
             **cider_bleu(predictions, references, scoring_tokenizer), "exact_match": exact,
+            "repeated_phrase_share": repeated_phrase_share(predictions),
+            "repeated_word_share": repeated_phrase_share(predictions, min_words=1),
+            "reference_repeated_phrase_share": repeated_phrase_share([refs[0] for refs in references]),
+            "eval_keep_ratio": getattr(model.config, "decoding_keep_ratio", 1.0),
             "num_images": len(images), "predictions": predictions}

@@ -89,7 +89,7 @@ def run_evals(model, tokenizer, config: EvalConfig, data: HeldOut = HeldOut(), e
     if "captions" in chosen:
         held_out = captions_for(config, data, image_size)
         result = caption_metrics(model, tokenizer, held_out.images, held_out.references)
-        for key in ("cider", "bleu4", "perplexity", "exact_match"):
+        for key in ("cider", "bleu4", "perplexity", "exact_match", "repeated_phrase_share"):
             metrics[f"captions/{key}"] = result[key]
         if held_out.skipped:  # bad held-out samples passed over (each reason logged once per shard)
             metrics["captions/skipped"] = float(sum(held_out.skipped.values()))

@@ -1,4 +1,4 @@
-"""Zero-shot classification without a text encoder: CapPa's scoring classifier (SPEC §10.1).
+"""Zero-shot classification without a text encoder: CapPa's scoring classifier (DESIGN.md §10.1).
 
 Each class is scored by how likely the decoder finds its prompts as the caption of the image:
 score(class) = log sum_prompts p(prompt | image), where log p(prompt | image) is the SUM of the

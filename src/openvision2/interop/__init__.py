@@ -1,7 +1,7 @@
 """Interop with timm, Hugging Face transformers and open_clip (STYLE.md "Export formats").
 
 - import: `load_pretrained(dir)` (in memory) / `import_pretrained(dir, out)` (a checkpoint directory)
-  read the released OpenVision 2 vision-only weights (open_clip layout, SPEC §9.3) and timm or
+  read the released OpenVision 2 vision-only weights (open_clip layout, DESIGN.md §9.3) and timm or
   transformers towers of the same architecture (e.g. tuned inside a VLM);
 - export: `export_checkpoint(checkpoint, fmt, out)` writes timm, hf (ViTModel), hf-clip
   (CLIPVisionModel), hf-siglip (SiglipVisionModel), open_clip or decoder directories;

@@ -1,8 +1,8 @@
 """The caption decoder and its tokenizer as a release artefact (STYLE.md: users ask for the decoder).
 
 A directory with decoder_config.json, decoder.safetensors and the tokenizer files. The decoder reads
-the encoder's patch tokens (all of them at inference), so it pairs with any export of the same
-encoder; `load_captioner(DIR, tower)` puts them together for `generate.greedy_caption`:
+the encoder's patch tokens (at inference the checkpoint's eval_keep_ratio of them, one seeded
+subset, models/masking.py), so it pairs with any export of the same encoder; `load_captioner(DIR, tower)` puts them together for `generate.greedy_caption`:
 
     tower = timm.create_model("local-dir:ENCODER_DIR", pretrained=True)   # or our own encoder
     captioner, tokenizer = load_captioner("DECODER_DIR", tower)
@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.decoder import CaptionDecoder
+from ..models.masking import keep_eval_tokens
 from ..models.registry import Size
 from ..tokenizer import CaptionTokenizer
 from ..preprocess import Preprocess
@@ -40,8 +41,9 @@ def save_decoder_dir(model, tokenizer: CaptionTokenizer, preprocess: Preprocess,
         mlp_dim=first.fc1.out_features, vision_width=decoder.visual_proj.in_features,
         vocab_size=decoder.head.out_features, text_len=config.text_len, mask=decoder.mask_kind,
         text_pos="learned" if decoder.text_pos is not None else "none", encoder=config.encoder,
-        preprocess=preprocess.to_dict(),
-        inputs="all patch tokens of the encoder (no CLS, no final LayerNorm), then [bos] + caption ids",
+        preprocess=preprocess.to_dict(), eval_keep_ratio=config.decoding_keep_ratio,
+        inputs="patch tokens of the encoder (no CLS, no final LayerNorm; eval_keep_ratio of them, the "
+               "seeded subset of openvision2.models.masking.keep_eval_tokens), then [bos] + caption ids",
     )
     (directory / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
     save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}, directory / WEIGHTS)
@@ -76,19 +78,20 @@ class Captioner(nn.Module):
     encoder from any library and an exported decoder."""
 
     def __init__(self, tower: nn.Module, decoder: CaptionDecoder, text_len: int, image_size: int,
-                 tokens: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 tokens: Callable[[torch.Tensor], torch.Tensor] | None = None, eval_keep_ratio: float = 1.0):
         super().__init__()
-        self.tower, self.decoder = tower, decoder
+        self.tower, self.decoder, self.eval_keep_ratio = tower, decoder, eval_keep_ratio
         self.config = SimpleNamespace(text_len=text_len, image_size=image_size,
                                       vocab_size=decoder.head.out_features)
         self._tokens = tokens or patch_tokens(tower)
 
     def visual_prefix(self, images: torch.Tensor) -> torch.Tensor:
-        return self._tokens(images)
+        return keep_eval_tokens(self._tokens(images), self.eval_keep_ratio)
 
 
 def load_captioner(directory: str | Path, tower: nn.Module,
                    tokens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[Captioner, CaptionTokenizer]:
     decoder, tokenizer, meta = load_decoder(directory)
-    captioner = Captioner(tower.eval(), decoder, meta["text_len"], meta["preprocess"]["size"], tokens)
+    captioner = Captioner(tower.eval(), decoder, meta["text_len"], meta["preprocess"]["size"], tokens,
+                          meta.get("eval_keep_ratio", 1.0))  # exports made before the field: all tokens
     return captioner, tokenizer

@@ -1,7 +1,7 @@
 """`ov2 import`: an OpenVision encoder from another library's directory -> this project.
 
 Sources, told apart by their files:
-- open_clip (open_clip_config.json): the released OpenVision 2 vision-only weights (SPEC §9.3);
+- open_clip (open_clip_config.json): the released OpenVision 2 vision-only weights (DESIGN.md §9.3);
 - timm hub (config.json with `architecture`): e.g. a tower tuned inside a timm-based VLM;
 - transformers (config.json with `model_type` vit / clip_vision_model / siglip_vision_model):
   e.g. a tower tuned inside LLaVA.

@@ -1,4 +1,4 @@
-"""open_clip's VisionTransformer layout (SPEC §9.3), both ways, and its hf-hub directory.
+"""open_clip's VisionTransformer layout (DESIGN.md §9.3), both ways, and its hf-hub directory.
 
 Upstream open_clip expresses the OpenVision ViT exactly through its vision_cfg (no_ln_pre,
 pool_type='avg', final_ln_after_pool, norm eps 1e-6, exact GELU, output_tokens). What it cannot do
@@ -31,6 +31,18 @@ _BLOCK_KEYS = (  # (ours under blocks.{i}., open_clip under transformer.resblock
 )
 
 
+def block_key_pairs(depth: int) -> list[tuple[str, str]]:
+    """(our key, open_clip's key) for every transformer-block tensor; open_clip's attention holds the
+    fused qkv projection as in_proj_weight / in_proj_bias."""
+    pairs = []
+    for i in range(depth):
+        for ours, theirs in _BLOCK_KEYS:
+            for kind in ("weight", "bias"):
+                theirs_key = (f"attn.in_proj_{kind}" if ours == "attn.qkv" else f"{theirs}.{kind}")
+                pairs.append((f"blocks.{i}.{ours}.{kind}", f"transformer.resblocks.{i}.{theirs_key}"))
+    return pairs
+
+
 def vision_cfg(spec: EncoderSpec) -> dict:
     if not spec.class_token:
         raise UserError("open_clip's VisionTransformer always has a CLS token: a model trained with "
@@ -48,14 +60,7 @@ def to_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str,
            "positional_embedding": spec.pos_table()}
     if spec.pre_norm:
         out.update({"ln_pre.weight": state["norm_pre.weight"], "ln_pre.bias": state["norm_pre.bias"]})
-    for i in range(spec.depth):
-        for ours, theirs in _BLOCK_KEYS:
-            if ours == "attn.qkv":
-                out[f"transformer.resblocks.{i}.attn.in_proj_weight"] = state[f"blocks.{i}.attn.qkv.weight"]
-                out[f"transformer.resblocks.{i}.attn.in_proj_bias"] = state[f"blocks.{i}.attn.qkv.bias"]
-                continue
-            for kind in ("weight", "bias"):
-                out[f"transformer.resblocks.{i}.{theirs}.{kind}"] = state[f"blocks.{i}.{ours}.{kind}"]
+    out.update({theirs: state[ours] for ours, theirs in block_key_pairs(spec.depth)})
     out["ln_post.weight"], out["ln_post.bias"] = state["fc_norm.weight"], state["fc_norm.bias"]
     out["proj"] = torch.eye(spec.width)  # OV2 has no head; identity keeps the pooled feature as is
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
@@ -72,19 +77,12 @@ def from_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[st
     gap = (table - expected).abs().max().item()
     if gap > 1e-4:
         raise UserError(f"positional_embedding differs from OpenVision's fixed 2-D sin-cos table (max diff "
-                        f"{gap:.3g}): only encoders with that table (SPEC §1.2) can be imported exactly")
+                        f"{gap:.3g}): only encoders with that table (DESIGN.md §1.2) can be imported exactly")
     out = {"cls_token": state["class_embedding"].reshape(1, 1, spec.width),
            "patch_embed.proj.weight": state["conv1.weight"]}
     if spec.pre_norm:
         out.update({"norm_pre.weight": state["ln_pre.weight"], "norm_pre.bias": state["ln_pre.bias"]})
-    for i in range(spec.depth):
-        for ours, theirs in _BLOCK_KEYS:
-            if ours == "attn.qkv":
-                out[f"blocks.{i}.attn.qkv.weight"] = state[f"transformer.resblocks.{i}.attn.in_proj_weight"]
-                out[f"blocks.{i}.attn.qkv.bias"] = state[f"transformer.resblocks.{i}.attn.in_proj_bias"]
-                continue
-            for kind in ("weight", "bias"):
-                out[f"blocks.{i}.{ours}.{kind}"] = state[f"transformer.resblocks.{i}.{theirs}.{kind}"]
+    out.update({ours: state[theirs] for ours, theirs in block_key_pairs(spec.depth)})
     out["fc_norm.weight"], out["fc_norm.bias"] = state["ln_post.weight"], state["ln_post.bias"]
     return {k: v.float().contiguous() for k, v in out.items()}
 
@@ -93,7 +91,7 @@ def from_open_clip(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[st
 
 def _refuse_unless(condition: bool, what: str) -> None:
     if not condition:
-        raise UserError(f"open_clip vision_cfg has {what}: not the OpenVision ViT (SPEC §9.3), so it cannot be "
+        raise UserError(f"open_clip vision_cfg has {what}: not the OpenVision ViT (DESIGN.md §9.3), so it cannot be "
                         "imported exactly")
 
 
@@ -166,7 +164,7 @@ def read_open_clip_dir(directory: str | Path) -> tuple[EncoderSpec, dict[str, to
     notes = {}
     proj = state.get("proj")
     if proj is not None and not (proj.shape[0] == proj.shape[1] and torch.equal(proj, torch.eye(proj.shape[0]))):
-        # OV2 has no head (SPEC §9.3): a projection only maps the pooled vector, never the tokens.
+        # OV2 has no head (DESIGN.md §9.3): a projection only maps the pooled vector, never the tokens.
         notes["dropped_proj"] = list(proj.shape)
     try:
         ours = from_open_clip(state, spec)

@@ -17,7 +17,7 @@ from ..models.openvision2 import NO_DECODER, ModelConfig
 from ..models.posemb import sincos_2d, sincos_2d_with_cls
 from ..models.registry import ENCODER_SIZES, Size
 
-LAYER_NORM_EPS = 1e-6  # SPEC §1.2: every LayerNorm of the encoder
+LAYER_NORM_EPS = 1e-6  # DESIGN.md §1.2: every LayerNorm of the encoder
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class EncoderSpec:
 
     @property
     def grid(self) -> int:
+        """Patches per side: the released VALID convolution drops the remainder (384 px / 14 = 27)."""
         return self.image_size // self.patch
 
     @property
@@ -66,8 +67,10 @@ class EncoderSpec:
                            pre_norm=self.pre_norm, class_token=self.class_token)
 
     def check_image_size(self) -> None:
-        if self.image_size % self.patch:
-            raise UserError(f"image size {self.image_size} is not a multiple of the patch size {self.patch}")
+        """Any size of at least one patch: a side that is not a multiple of the patch is floored, as
+        the released VALID convolution and every target library's strided convolution do."""
+        if self.image_size < self.patch:
+            raise UserError(f"image size {self.image_size} is smaller than the patch size {self.patch}")
 
 
 def mlp_ratio(width: int, mlp_dim: int) -> float:

@@ -73,7 +73,7 @@ def from_timm(state: dict[str, torch.Tensor], spec: EncoderSpec) -> dict[str, to
     table = state["pos_embed"].reshape(-1, spec.width).float()
     expected = spec.pos_table()
     if table.shape != expected.shape or (table - expected).abs().max().item() > 1e-4:
-        raise UserError("the position embedding is not OpenVision's fixed 2-D sin-cos table (SPEC §1.2), e.g. it "
+        raise UserError("the position embedding is not OpenVision's fixed 2-D sin-cos table (DESIGN.md §1.2), e.g. it "
                         "was trained or resampled: such an encoder cannot be imported exactly")
     bias = state.get("patch_embed.proj.bias")
     if bias is not None and bias.abs().max().item() > 0:

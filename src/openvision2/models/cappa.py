@@ -1,4 +1,4 @@
-"""The CapPa-style ablation (SPEC §5.3, §10.1): OpenVision 2 with every visual token kept
+"""The CapPa-style ablation (DESIGN.md §5.3, §10.1): OpenVision 2 with every visual token kept
 (keep_ratio 1), optionally with CapPa's parallel prediction.
 
 Parallel prediction: per example, with probability parallel_prob, every decoder input is replaced

@@ -1,4 +1,4 @@
-"""ModelConfig: the one declaration of every model field, for every method (SPEC §1-3, §5.3, §6).
+"""ModelConfig: the one declaration of every model field, for every method (DESIGN.md §1-3, §5.3, §6).
 
 It is the `model` section of a training config, what `ov2 flops` and `ov2 bench` count and build,
 and what a checkpoint's config.json stores beside the weights; `method` says which model class
@@ -22,28 +22,34 @@ TEXT_POSITIONS = ("none", "learned")
 class ModelConfig:
     """Everything needed to rebuild the model; saved as config.json beside the weights."""
 
-    method: str = option("openvision2", "which model: openvision2, openvision1 (SPEC §6) or cappa (SPEC §5.3)")
-    encoder: str = option("L/14", "ViT size/patch, e.g. L/14, S/16, nano/16 (SPEC §1.1)")
-    decoder: str = option("L", "caption decoder size (SPEC §2); none = an encoder-only model")
+    method: str = option("openvision2", "which model: openvision2, openvision1 (DESIGN.md §6) or cappa (DESIGN.md §5.3)")
+    encoder: str = option("L/14", "ViT size/patch, e.g. L/14, S/16, nano/16 (DESIGN.md §1.1)")
+    decoder: str = option("L", "caption decoder size (DESIGN.md §2); none = an encoder-only model")
     image_size: int = option(224, "image side in pixels", low=1)
     keep_ratio: float = option(0.35, "fraction of the encoder's output tokens the decoder sees in training",
                                low=0.0, low_open=True, high=1.0, high_open=False)
+    eval_keep_ratio: float = option(
+        0.0, "fraction of the visual tokens the decoder sees at evaluation (captions, zero-shot, held-out loss), "
+             "one seeded subset; 0 = keep_ratio, as the release does (docs/BENCHMARKS.md)", low=0.0, high=1.0,
+        high_open=False)
     decoder_mask: str = option("causal", "causal as released, or prefix (visual tokens bidirectional)",
                                choices=DECODER_MASKS)
     text_pos: str = option("none", "decoder text positions: none as released, or learned", choices=TEXT_POSITIONS)
     vocab_size: int = option(32000, "vocabulary size (set from the tokenizer)", low=1, derived=True)
-    text_len: int = option(128, "caption sequence length including the trailing [CLS] (SPEC §3.2)", low=3)
+    text_len: int = option(128, "caption sequence length including the trailing [CLS] (DESIGN.md §3.2)", low=3)
     pad_id: int = option(0, "[pad] id (set from the tokenizer)", low=0, derived=True)
     # Encoder options beyond the paper (default = the paper's ViT): a LayerNorm before the blocks
     # (what HF CLIPVisionModel / LLaVA-1.5 need) and no CLS token (what SiglipVisionModel needs).
     pre_norm: bool = option(False, "LayerNorm before the encoder blocks (for an hf-clip / LLaVA-1.5 export)")
     class_token: bool = option(True, "encoder CLS token (false for an hf-siglip export)")
-    # --- OpenVision 1 (SPEC §6) ---
+    # --- OpenVision 1 (DESIGN.md §6) ---
     text_encoder: str = option("", "OpenVision 1's text encoder size; empty = the decoder's size")
     alt_text_len: int = option(80, "OpenVision 1's alt-text / sub-caption length, [CLS] included", low=3)
     embed_dim: int = option(0, "OpenVision 1's contrastive width; 0 = the text encoder's width", low=0)
     clip_loss_weight: float = option(1.0, "OpenVision 1's weight of the contrastive loss", low=0.0)
-    # --- CapPa (SPEC §5.3, §10.1) ---
+    max_logit_scale: float = option(0.0, "OpenVision 1's logit-scale clamp: 0 = none, as released; 100 = CLIP's",
+                                    low=0.0)
+    # --- CapPa (DESIGN.md §5.3, §10.1) ---
     parallel_prob: float = option(0.0, "CapPa: share of examples predicted in parallel from [MASK] inputs",
                                   low=0.0, high=1.0, high_open=False)
     mask_id: int = option(103, "CapPa's [MASK] id (set from the tokenizer)", low=0, derived=True)
@@ -66,6 +72,11 @@ class ModelConfig:
         if self.parallel_prob > 0 and not self.mask_id < self.vocab_size:
             raise UserError(f"mask_id {self.mask_id} is outside the vocabulary of {self.vocab_size}")
         return self
+
+    @property
+    def decoding_keep_ratio(self) -> float:
+        """The fraction of visual tokens the decoder sees at evaluation."""
+        return self.eval_keep_ratio or self.keep_ratio
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":

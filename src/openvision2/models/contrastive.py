@@ -1,4 +1,4 @@
-"""The CLIP contrastive loss of OpenVision 1 (SPEC §6), against features gathered from all ranks.
+"""The CLIP contrastive loss of OpenVision 1 (DESIGN.md §6), against features gathered from all ranks.
 
 Each rank scores its local images against every rank's texts (and its local texts against every
 rank's images), the "local loss" of open_clip and of the release's shard_map + all_gather. The

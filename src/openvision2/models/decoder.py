@@ -1,4 +1,4 @@
-"""The OpenVision 2 caption decoder (SPEC §2): one pre-LN transformer over [visual; text].
+"""The OpenVision 2 caption decoder (DESIGN.md §2): one pre-LN transformer over [visual; text].
 
 Kept visual tokens are projected (no bias) to the decoder width and concatenated in front of
 the text embeddings; a single stack of blocks runs over the whole sequence; only the text
@@ -15,7 +15,7 @@ from torch import nn
 from ..errors import UserError
 from .config import DECODER_MASKS, TEXT_POSITIONS
 from .registry import Size
-_INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (SPEC §2)
+_INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (DESIGN.md §2)
 
 
 class DecoderBlock(nn.Module):
@@ -32,13 +32,12 @@ class DecoderBlock(nn.Module):
         self.fc2 = nn.Linear(mlp_dim, width, device=device)
 
     @torch.no_grad()
-    def reset_parameters(self, fan_in: bool = False) -> None:
-        """The released text-decoder block initialisation (SPEC §2); fan_in: every weight
-        N(0, 1/fan_in) instead, as OpenVision 1's text encoder initialises its blocks (SPEC §6)."""
+    def reset_parameters(self) -> None:
+        """The released text_transformer block initialisation, shared by the OV2 decoder (DESIGN.md §2) and
+        OpenVision 1's text encoder and decoder (DESIGN.md §6)."""
         width = self.qkv.in_features
         out_std = width ** -0.5 * (2 * _INIT_DEPTH) ** -0.5
-        stds = ((width ** -0.5, out_std, (2 * width) ** -0.5, out_std) if not fan_in else
-                tuple(linear.in_features ** -0.5 for linear in (self.qkv, self.proj, self.fc1, self.fc2)))
+        stds = (width ** -0.5, out_std, (2 * width) ** -0.5, out_std)
         for linear, std in zip((self.qkv, self.proj, self.fc1, self.fc2), stds):
             nn.init.normal_(linear.weight, std=std)
             nn.init.zeros_(linear.bias)
@@ -101,10 +100,10 @@ class BlockStack(nn.Module):
             self.reset_parameters()
 
     @torch.no_grad()
-    def reset_stack(self, fan_in_blocks: bool = False) -> None:
-        """Blocks (released or fan-in init), final LayerNorm (1, 0), output layer N(0, 1/width)."""
+    def reset_stack(self) -> None:
+        """Blocks (released init), final LayerNorm (1, 0), output layer N(0, 1/width)."""
         for block in self.blocks:
-            block.reset_parameters(fan_in=fan_in_blocks)
+            block.reset_parameters()
         nn.init.ones_(self.norm.weight)
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(getattr(self, self.head_name).weight, std=self.width ** -0.5)
@@ -133,7 +132,7 @@ class CaptionDecoder(BlockStack):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The released initialisation (SPEC §2)."""
+        """The released initialisation (DESIGN.md §2)."""
         nn.init.normal_(self.token_embed.weight, std=0.02)
         nn.init.normal_(self.visual_proj.weight, std=self.visual_proj.in_features ** -0.5)
         if self.text_pos is not None:

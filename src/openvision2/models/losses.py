@@ -1,4 +1,4 @@
-"""The caption loss every method shares (SPEC §3.3, §3.4), and the training objective built from it.
+"""The caption loss every method shares (DESIGN.md §3.3, §3.4), and the training objective built from it.
 
 Every model's forward returns
     nll_sum     summed caption cross-entropy over the target tokens (fp32),
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 
 def caption_targets(captions: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decoder inputs, targets and loss mask from [B, L] caption sequences (SPEC §3.3).
+    """Decoder inputs, targets and loss mask from [B, L] caption sequences (DESIGN.md §3.3).
 
     inputs = positions 0..L-2, target[i] = token[i+1]; the mask is the non-pad mask of the inputs
     shifted left by one with a 0 appended: 1 where the target is a real piece or [eos], 0 for

@@ -1,10 +1,10 @@
-"""OpenVision 1, the side-by-side baseline (SPEC §6): the same ViT, plus a text encoder, two
+"""OpenVision 1, the side-by-side baseline (DESIGN.md §6): the same ViT, plus a text encoder, two
 contrastive losses and a caption decoder that predicts the whole caption in parallel.
 
 - Image embedding: the ViT's pooled vector (GAP -> LN) -> bias-free Dense to embed_dim.
 - Texts: the alt-text and one sentence of the long caption, each 80 tokens, through one text
   encoder as a single 2B batch; CLIP loss of the images against each, averaged, with a learned
-  temperature (init log(1/0.07)).
+  temperature (init log(1/0.07)), not clamped (as released; max_logit_scale=100 gives CLIP's clamp).
 - Caption decoder: prefix = [all patch tokens; the alt-text's encoder tokens], both projected to the
   decoder width, then 128 learned queries; prefix-LM mask (prefix bidirectional, queries causal);
   the query outputs predict the long caption shifted left by one. The caption's own tokens are
@@ -56,7 +56,7 @@ class QueryCaptionDecoder(BlockStack):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.queries, std=1.0)  # learnable_tokens, SPEC §6
+        nn.init.normal_(self.queries, std=1.0)  # learnable_tokens, DESIGN.md §6
         for proj in (self.visual_proj, self.text_proj):
             nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
         self.reset_stack()
@@ -92,7 +92,7 @@ class OpenVision1(nn.Module):
     @torch.no_grad()
     def _init_own_parameters(self) -> None:
         nn.init.normal_(self.image_head.weight, std=self.encoder.embed_dim ** -0.5)
-        self.logit_scale.fill_(math.log(1 / 0.07))  # learned temperature, init 1/0.07 (SPEC §6)
+        self.logit_scale.fill_(math.log(1 / 0.07))  # learned temperature, init 1/0.07 (DESIGN.md §6)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -117,8 +117,10 @@ class OpenVision1(nn.Module):
         image_emb = F.normalize(self.image_head(pooled), dim=-1)
         text_pooled, text_tokens = self.text_encoder(torch.cat([alt_captions, sub_captions]))
         alt_emb, sub_emb = F.normalize(text_pooled, dim=-1).chunk(2)
-        # CLIP's clamp at 100 keeps the learned temperature from running away early in training.
-        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        log_scale = self.logit_scale  # not clamped, as released; max_logit_scale=100 gives CLIP's clamp
+        if cfg.max_logit_scale:
+            log_scale = log_scale.clamp(max=math.log(cfg.max_logit_scale))
+        scale = log_scale.exp()
         contrastive = (contrastive_loss(image_emb, alt_emb, scale) + contrastive_loss(image_emb, sub_emb, scale)) / 2
 
         hidden = self.decoder.hidden(patches, text_tokens[: len(images)])

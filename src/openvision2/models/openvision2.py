@@ -1,4 +1,4 @@
-"""OpenVision 2: ViT encoder -> random subset of its output tokens -> caption decoder (SPEC §0-3).
+"""OpenVision 2: ViT encoder -> random subset of its output tokens -> caption decoder (DESIGN.md §0-3).
 ModelConfig and caption_targets are re-exported here, where they used to live."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from ..errors import UserError
 from .config import NO_DECODER, ModelConfig
 from .decoder import CaptionDecoder
 from .losses import caption_nll, caption_targets
-from .masking import keep_random_tokens
+from .masking import keep_eval_tokens, keep_random_tokens
 from .registry import decoder_size
 from .vit import create_encoder
 
@@ -36,11 +36,12 @@ class OpenVision2(nn.Module):
         return self.encoder.forward_tokens(images)
 
     def visual_prefix(self, images: torch.Tensor, keep_ratio: float | None = None) -> torch.Tensor:
-        """The visual tokens the decoder sees: a random keep_ratio subset in training, all at inference."""
+        """The visual tokens the decoder sees: a random keep_ratio subset per example in training; in
+        eval mode the config's decoding_keep_ratio, as one seeded subset (models/masking.py)."""
         _, tokens = self.encode_image(images)
         if self.training:
-            tokens = keep_random_tokens(tokens, self.config.keep_ratio if keep_ratio is None else keep_ratio)
-        return tokens
+            return keep_random_tokens(tokens, self.config.keep_ratio if keep_ratio is None else keep_ratio)
+        return keep_eval_tokens(tokens, self.config.decoding_keep_ratio if keep_ratio is None else keep_ratio)
 
     def forward(self, images: torch.Tensor, captions: torch.Tensor) -> dict[str, torch.Tensor]:
         """Caption loss: {nll_sum, num_tokens, loss} (models/losses.py), so callers can normalise by a

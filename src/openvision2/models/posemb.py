@@ -1,4 +1,4 @@
-"""Fixed 2-D sin-cos position embedding in the MoCo-v3 / big_vision ordering (SPEC §1.2)."""
+"""Fixed 2-D sin-cos position embedding in the MoCo-v3 / big_vision ordering (DESIGN.md §1.2)."""
 
 from __future__ import annotations
 

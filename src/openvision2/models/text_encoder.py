@@ -1,4 +1,4 @@
-"""OpenVision 1's text encoder (SPEC §6): a non-causal pre-LN transformer over alt-text-sized
+"""OpenVision 1's text encoder (DESIGN.md §6): a non-causal pre-LN transformer over alt-text-sized
 sequences, pooled at the trailing [CLS] position.
 
 The blocks are the caption decoder's (LN -> MHSA with bias -> LN -> tanh-GELU MLP), run without a
@@ -26,13 +26,13 @@ class TextEncoder(BlockStack):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         nn.init.normal_(self.token_embed.weight, std=0.02)
-        nn.init.normal_(self.pos_embed, std=0.01)  # SPEC §6
-        self.reset_stack(fan_in_blocks=True)
+        nn.init.normal_(self.pos_embed, std=0.01)  # DESIGN.md §6
+        self.reset_stack()  # the decoder's block init: both are text_transformer blocks (DESIGN.md §6)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids [B, L] ([bos] ... [eos] pads [CLS]) -> (pooled [B, out_dim], tokens [B, L-1, width]).
 
         pooled = proj(LN(output at the last, [CLS], position)); tokens are the other positions'
-        outputs before the final LayerNorm, which OpenVision 1's caption decoder reads (SPEC §6)."""
+        outputs before the final LayerNorm, which OpenVision 1's caption decoder reads (DESIGN.md §6)."""
         x = self.run_blocks(self.token_embed(ids) + self.pos_embed[: ids.shape[1]], None)
         return self.proj(self.norm(x[:, -1])), x[:, :-1]

@@ -18,7 +18,7 @@ from ..errors import UserError
 from .vit import create_encoder, pretrained_cfg
 
 # timm size word and patch -> (our encoder name, the image sizes registered): the published encoders
-# (models/registry.py) at 224 px and at the higher resolutions of the released OV2 towers (SPEC §9.1).
+# (models/registry.py) at 224 px and at the higher resolutions of the released OV2 towers (DESIGN.md §9.1).
 VARIANTS = {
     "tiny_patch16": ("Ti/16", (224,)),
     "small_patch16": ("S/16", (224,)),

@@ -1,8 +1,8 @@
-"""The OpenVision ViT encoder (SPEC §1.2), as a subclass of timm's VisionTransformer.
+"""The OpenVision ViT encoder (DESIGN.md §1.2), as a subclass of timm's VisionTransformer.
 
 Being timm's class keeps timm's state-dict keys and its model API (forward_features,
 forward_head, forward_intermediates, set_grad_checkpointing, ...). What differs from a stock
-timm ViT is only what SPEC §1.2 fixes:
+timm ViT is only what DESIGN.md §1.2 fixes:
 - a bias-free patch convolution;
 - a fixed 2-D sin-cos position table (MoCo-v3 ordering, zero CLS row), recomputed for whatever
   grid the input has, so it is not a parameter and any resolution works without resampling;
@@ -34,10 +34,21 @@ def pretrained_cfg(image_size: int) -> dict:
 
 
 class BiasFreePatchEmbed(PatchEmbed):
-    """timm gives the patch conv a bias unless pre_norm is on; OpenVision's has none."""
+    """The released patch embedding: a bias-free convolution with VALID padding.
+
+    timm gives the patch conv a bias unless pre_norm is on; OpenVision's has none. timm also
+    refuses an image side that is not a multiple of the patch; the released Flax conv (VALID,
+    kernel = stride = patch) instead drops the remainder, e.g. 384 px in 14 px patches is a 27x27
+    grid (DESIGN.md §1.2). Cropping the bottom/right remainder first is exactly that convolution.
+    """
 
     def __init__(self, *args, bias: bool = True, **kwargs):
         super().__init__(*args, bias=False, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        patch_h, patch_w = self.patch_size
+        return super().forward(x[..., : height - height % patch_h, : width - width % patch_w])
 
 
 def _mlp_with_exact_width(hidden: int):
@@ -72,10 +83,12 @@ class OpenVisionViT(VisionTransformer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """The JAX initialisation of SPEC §1.2 (timm's 'skip' mode leaves tensors uninitialised)."""
+        """The JAX initialisation of DESIGN.md §1.2 (timm's 'skip' mode leaves tensors uninitialised)."""
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
-        nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=math.sqrt(5))
+        # Flax's kaiming_uniform (He-uniform): U(+-sqrt(6 / fan_in)), fan_in = 3 * patch * patch. Not
+        # PyTorch's Linear/Conv default kaiming_uniform_(a=sqrt(5)), whose bound is sqrt(1 / fan_in).
+        nn.init.kaiming_uniform_(self.patch_embed.proj.weight, a=0.0, mode="fan_in", nonlinearity="relu")
         for block in self.blocks:
             nn.init.normal_(block.attn.qkv.weight, std=0.02)
             nn.init.normal_(block.attn.proj.weight, std=0.02)

@@ -28,7 +28,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass
 class OptimConfig:
-    """AdamW with warmup + cosine (SPEC §4.4, §4.5)."""
+    """AdamW with warmup + cosine (DESIGN.md §4.4, §4.5)."""
 
     batch_size: int = option(256, "global batch (all ranks and micro-batches together)", low=1)
     steps: int = option(1000, "optimizer steps", low=1)
@@ -78,7 +78,7 @@ class RunConfig:
 
 
 SECTION_HELP = {"model": "the model (models/config.py); saved in every checkpoint's config.json",
-                "data": "samples and tokens (data/config.py)", "optim": "AdamW, warmup + cosine (SPEC §4.4, §4.5)",
+                "data": "samples and tokens (data/config.py)", "optim": "AdamW, warmup + cosine (DESIGN.md §4.4, §4.5)",
                 "parallel": "scale-out under torchrun (docs/DISTRIBUTED.md)",
                 "eval": "evaluations during training (eval/config.py)",
                 "run": "seed, logging, checkpoints, initial weights, fault tolerance"}
@@ -236,7 +236,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
             raise UserError(f"unknown override key {key!r}{hint}")
         _, f = DOTTED_KEYS.get(key) or FLAT_KEYS[key]
         config.set(key, _parse_value(key, value, _TYPES[f.type]))
-    return _check_patch_divides(config.validate())
+    return _check_patch_fits(config.validate())
 
 
 def describe_keys(config: TrainConfig) -> list[str]:
@@ -253,13 +253,14 @@ def describe_keys(config: TrainConfig) -> list[str]:
     return lines
 
 
-def _check_patch_divides(config: TrainConfig) -> TrainConfig:
-    """The encoder cuts the image into whole patches (until other sizes are supported)."""
+def _check_patch_fits(config: TrainConfig) -> TrainConfig:
+    """The image holds at least one patch. A side that is not a multiple of the patch is fine: the
+    patch convolution drops the remainder as the release's VALID convolution does (384 px / 14 = 27
+    patches; DESIGN.md §1.2)."""
     from ..models.registry import parse_encoder_name
 
     _, patch = parse_encoder_name(config.encoder)
-    if config.image_size < 1 or config.image_size % patch:
-        fits = max(patch, round(config.image_size / patch) * patch)
-        raise UserError(f"image_size={config.image_size} is not a multiple of the patch size {patch} of encoder "
-                        f"{config.encoder}: use e.g. image_size={fits}")
+    if config.image_size < patch:
+        raise UserError(f"image_size={config.image_size} is smaller than the patch size {patch} of encoder "
+                        f"{config.encoder}: use at least image_size={patch}")
     return config

@@ -1,7 +1,7 @@
 """`ov2 train`: data -> model -> loss -> AdamW -> metrics/checkpoints, on one process or under torchrun.
 
 One step = `grad_accum` micro-batches per rank. The objective is the token mean of the caption loss
-over the whole global batch (SPEC §3.4): each micro-batch backpropagates its summed token loss times
+over the whole global batch (DESIGN.md §3.4): each micro-batch backpropagates its summed token loss times
 world_size / (global token count, all-reduced before the forward), which DDP's and FSDP's gradient
 averaging turns into exactly that mean; 1 rank x 4 micro-batches and 2 ranks x 2 give the same
 gradients. A method whose loss has parts besides the token mean (OpenVision 1's contrastive loss)
@@ -52,7 +52,8 @@ def model_inputs(batch: dict, device, rows: slice = slice(None)) -> dict[str, to
 
 @torch.no_grad()
 def evaluate_loss(model, batch: dict, device, dtype, chunk: int = 64) -> float:
-    """Held-out caption loss (token mean), in eval mode: the decoder sees every visual token."""
+    """Held-out caption loss (token mean), in eval mode: the decoder sees the model's eval keep ratio
+    of the visual tokens (models/masking.py keep_eval_tokens)."""
     was_training = model.training
     model.eval()
     nll, count = 0.0, 0
@@ -68,8 +69,24 @@ def evaluate_loss(model, batch: dict, device, dtype, chunk: int = 64) -> float:
 def check_config(config: TrainConfig, world: World) -> None:
     """Everything that can be checked before the (possibly slow) tokenizer and dataset are built."""
     config.validate()
+    check_data(config)
     micro_batch_size(config.optim.batch_size, world.world_size, config.parallel.grad_accum)
     resolve_parallel(config.parallel.strategy, world.world_size)
+
+
+def check_data(config: TrainConfig) -> None:
+    """Data setups that would run but measure nothing meaningful are refused up front."""
+    data = config.data
+    if get_method(config.model.method).has_text_encoder and data.dataset == "shards" and (
+            not data.alt_caption_key or data.alt_caption_key == data.caption_key):
+        # Without a distinct alt-text the decoder's prefix (the alt-text through the text encoder) is
+        # the very caption it must write, and the caption loss collapses (DESIGN.md §6).
+        raise UserError(f"method={config.model.method} on shards needs the alt-text in a field other than the "
+                        f"caption ({data.caption_key!r}): set alt_caption_key=KEY (e.g. txt or org_caption)")
+    if data.dataset == "synthetic" and not data.allow_embedded:
+        raise UserError("this configuration is the paper's setup and expects a recaptioned corpus: set "
+                        "train_shards=... (dataset=shards), or add allow_embedded=true to run it on the "
+                        "embedded dataset anyway")
 
 
 def micro_seed(seed: int, step: int, micro: int) -> int:
@@ -77,7 +94,7 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 
 
 def loss_tokens(batch: dict, pad_id: int) -> int:
-    """Caption tokens that count in the loss: the same mask the models use (SPEC §3.3)."""
+    """Caption tokens that count in the loss: the same mask the models use (DESIGN.md §3.3)."""
     return int(caption_targets(batch["captions"], pad_id)[2].sum())
 
 
@@ -302,7 +319,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     if world.is_main:
         shown = min(config.eval.show_captions, len(val_set))
         caption_model = unwrap(wrapped) if parallel != "fsdp" else export_model(model_config, last_saved, device)
-        captions = greedy_caption(caption_model, tokenizer, val_batch["images"][:shown])
+        captions = greedy_caption(caption_model, tokenizer, val_batch["images"][:shown]) if shown else []
         print(f"\nheld-out caption loss: {first_val:.3f} at start -> {val_loss:.3f} after {optim.steps} steps")
         print(f"checkpoint: {last_saved}\n")
         for i, (predicted, truth) in enumerate(zip(captions, val_batch["texts"])):

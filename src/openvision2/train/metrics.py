@@ -21,7 +21,7 @@ def device_peak_tflops(device: torch.device, configured: float) -> float | None:
 
 def train_flops_per_sample(model_config) -> float:
     """Training FLOPs of one image-caption pair: 3 x the forward FLOPs of openvision2.flops (the
-    SPEC §5.4 counting that reproduces the paper's FLOPs/image), for the run's model (ModelConfig)."""
+    DESIGN.md §5.4 counting that reproduces the paper's FLOPs/image), for the run's model (ModelConfig)."""
     from ..flops import count
     from ..methods import get_method
 

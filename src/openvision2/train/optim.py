@@ -1,4 +1,4 @@
-"""AdamW as the release configures it (SPEC §4.4) and the warmup + cosine schedule (SPEC §4.5)."""
+"""AdamW as the release configures it (DESIGN.md §4.4) and the warmup + cosine schedule (DESIGN.md §4.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The resolution curriculum (SPEC §4.3) as recipes: ordered stages, each a complete TrainConfig.
+"""The resolution curriculum (DESIGN.md §4.3) as recipes: ordered stages, each a complete TrainConfig.
 
 A stage restores all weights from the previous stage's final export (`init_from`) and starts a
 fresh optimizer and schedule; the peak LR is base_lr x batch/256 in every stage. `run_recipe`
@@ -6,13 +6,20 @@ trains the stages in order into OUT/stage-<name>/, skips stages already finished
 unfinished one from its latest checkpoint, and points OUT/checkpoints/latest at the newest export
 (so `ov2 caption --checkpoint OUT` works).
 
-Paper stages (SPEC §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch); the numbers
+Paper stages (DESIGN.md §4.3; 1 ep = 1,281,167 samples, steps = floor(ep x 1,281,167 / batch); the numbers
 live in presets.PAPER_STAGES, whose pretraining stage is also the l14-stage1 preset):
     pretrain  84 px, batch 32768, 10000 ep = 390,981 steps, warmup 1,563, base_lr 8e-6 (peak 1.024e-3)
     finetune 224 px, batch 16384,   800 ep =  62,556 steps, warmup 1,563, base_lr 4e-7 (peak 2.56e-5)
     high-res 336/384/448 px, batch 8192, 200 ep = 31,278 steps, no warmup, base_lr 1e-7 (inferred, OV1's script)
-Decoders: L for L/14 and So400m-shaped for So400m/14 (inferred from FLOPs, SPEC §2); H/14 and g/14
-are unknown, and take the H decoder (1024 x 24, the size OpenVision 1 calls `g`).
+Decoders (models/registry.py PAPER_DECODERS, shared with `ov2 flops`): L for L/14 and So400m-shaped
+for So400m/14 (inferred from FLOPs, DESIGN.md §2); H/14 and g/14 are unknown, and take the H decoder
+(1024 x 24, the size OpenVision 1 calls `g`).
+Data (presets.PAPER_DATA, DESIGN.md §3.2, §4.1): shards of the recaptioned corpus, caption key
+llava_llama3_condition_True_dense_weighted_topk (ReCap-DataComp-1B v2; with v1 use
+caption_key=re_caption), shuffle buffer 250,000; the embedded dataset is refused unless
+allow_embedded=true (on it the recipes only show that the shapes run).
+Precision: bf16 autocast (fast on GPUs); the released OpenVision 2 trains in float32, so
+precision=fp32 is the faithful setting (DESIGN.md §1.2).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ..checkpoint import LATEST
 from ..durable import write_durably
 from ..errors import UserError
 from ..logs import get_logger, setup_logging
+from ..models.registry import paper_decoder
 from . import presets, rundir
 from .config import TrainConfig, apply_overrides
 from .presets import tiny_cpu
@@ -46,7 +54,8 @@ def paper_stage(kind: str, encoder: str, decoder: str, image_size: int) -> Stage
     return Stage(f"{image_size}", presets.paper_stage(kind, encoder, decoder, image_size))
 
 
-def paper_recipe(encoder: str, decoder: str, high_res: int | None = None) -> list[Stage]:
+def paper_recipe(encoder: str, high_res: int | None = None) -> list[Stage]:
+    decoder = paper_decoder(encoder)
     stages = [paper_stage("pretrain", encoder, decoder, 84), paper_stage("finetune", encoder, decoder, 224)]
     if high_res:
         stages.append(paper_stage("highres", encoder, decoder, high_res))
@@ -66,13 +75,13 @@ def tiny_cpu_recipe() -> list[Stage]:
 
 RECIPES: dict[str, Callable[[], list[Stage]]] = {
     "tiny-cpu": tiny_cpu_recipe,
-    "l14": lambda: paper_recipe("L/14", "L"),
-    "l14-336": lambda: paper_recipe("L/14", "L", 336),
-    "so400m14-384": lambda: paper_recipe("So400m/14", "So400m", 384),
-    "h14": lambda: paper_recipe("H/14", "H"),
-    "h14-336": lambda: paper_recipe("H/14", "H", 336),
-    "h14-448": lambda: paper_recipe("H/14", "H", 448),
-    "g14": lambda: paper_recipe("g/14", "H"),
+    "l14": lambda: paper_recipe("L/14"),
+    "l14-336": lambda: paper_recipe("L/14", 336),
+    "so400m14-384": lambda: paper_recipe("So400m/14", 384),
+    "h14": lambda: paper_recipe("H/14"),
+    "h14-336": lambda: paper_recipe("H/14", 336),
+    "h14-448": lambda: paper_recipe("H/14", 448),
+    "g14": lambda: paper_recipe("g/14"),
 }
 RECIPE_HELP = {
     "tiny-cpu": "tiny-cpu's model at 32 px then 64 px on the embedded dataset: the curriculum on 2 CPU cores",

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 
 from ...errors import UserError
+from . import pick_column
 from .folder import outside_skip
 
 IMAGE_COLUMNS = ("image", "jpg", "png", "img", "webp")
@@ -29,17 +30,6 @@ def files(specs: list[str]) -> list[str]:
     if not found:
         raise UserError(f"no .parquet file in {', '.join(specs)}")
     return found
-
-
-def _pick(names: list[str], chosen: str | None, candidates: tuple[str, ...], what: str, path: str) -> str:
-    if chosen:
-        if chosen not in names:
-            raise UserError(f"{path} has no column {chosen!r} (columns: {', '.join(names)})")
-        return chosen
-    for name in candidates:
-        if name in names:
-            return name
-    raise UserError(f"{path} has no {what} column: name one with --{what}-column (columns: {', '.join(names)})")
 
 
 def _open(path: str):
@@ -64,8 +54,8 @@ def rows(paths: list[str], image_column: str | None, caption_column: str | None,
     for path in paths:
         table = _open(path)
         names = table.schema_arrow.names
-        image_col = _pick(names, image_column, IMAGE_COLUMNS, "image", path)
-        caption_col = _pick(names, caption_column, CAPTION_COLUMNS, "caption", path)
+        image_col = pick_column(names, image_column, IMAGE_COLUMNS, "image", path)
+        caption_col = pick_column(names, caption_column, CAPTION_COLUMNS, "caption", path)
         number = 0
         for batch in table.iter_batches(batch_size=256):
             for record in batch.to_pylist():
