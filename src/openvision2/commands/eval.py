@@ -1,4 +1,4 @@
-"""ov2 eval zeroshot|probe|captions|all|speed|caption-accuracy --checkpoint DIR [--vs-random] [--json]"""
+"""ov2 eval zeroshot|probe|captions|all|speed|caption-accuracy|vlm --checkpoint DIR [--vs-random] [--json]"""
 
 from __future__ import annotations
 
@@ -34,8 +34,14 @@ def _common(parser, checkpoint_required: bool = True) -> None:
 
 
 def _task_args(parser) -> None:
-    parser.add_argument("--task", default="synthetic-object", choices=TASKS,
-                        help="classification task (default: synthetic-object, 30 colour+shape classes)")
+    parser.add_argument("--task", default="synthetic-object", metavar="TASK",
+                        help=f"classification task: {', '.join(TASKS)} (default: synthetic-object, 30 colour+shape "
+                             "classes), or your labelled images: imagefolder:DIR, csv:FILE (file,label rows; "
+                             "also .jsonl), shards:PATTERN (label in each json)")
+    parser.add_argument("--templates", default="", metavar="FILE",
+                        help='zero-shot prompts for your task: one template per line with "{}" for the class name '
+                             '(default: "a photo of a {}", ...)')
+    parser.add_argument("--label-key", default="label", help="json field holding the label (shards: tasks)")
     parser.add_argument("--shards", default="", help="Fashion-MNIST shard directory (for --task fashion-mnist)")
     parser.add_argument("--test-images", type=int, default=500, help="held-out images")
     parser.add_argument("--seed", type=int, default=0, help="embedded dataset seed")
@@ -83,6 +89,9 @@ def add_arguments(parser) -> None:
     speed.add_argument("--new-tokens", type=int, default=30, help="tokens decoded per image")
     speed.add_argument("--repeats", type=int, default=3, help="timed runs (the best is reported)")
     add_decoding(speed, sampling=False)
+    from ..vlm.command import add_vlm_arguments
+
+    add_vlm_arguments(sub, _common)
     accuracy = target["caption-accuracy"]
     caption_accuracy.add_arguments(accuracy)
     accuracy.set_defaults(run=caption_accuracy.run)
@@ -102,7 +111,7 @@ def _load(args):
 
     model, tokenizer, meta = load_checkpoint(args.checkpoint, device=_device(args))
     apply_eval_keep_ratio(model, getattr(args, "eval_keep_ratio", None))
-    if args.eval_target != "probe":  # probes need only the encoder (imported checkpoints have no decoder)
+    if args.eval_target not in ("probe", "vlm"):  # probes and VLMs need only the encoder (imported checkpoints have no decoder)
         check_autoregressive(model)
     return model, tokenizer, meta
 
@@ -130,7 +139,7 @@ def _task(args, image_size: int, num_train: int = 16):
     from ..eval.tasks import load_task
 
     return load_task(args.task, image_size, num_train=num_train, num_test=args.test_images, seed=args.seed,
-                     shards=args.shards)
+                     shards=args.shards, templates=args.templates, label_key=args.label_key)
 
 
 def _emit(args, result: dict, lines: list[str]) -> int:
@@ -228,6 +237,10 @@ def _run(args) -> int:
     target = args.eval_target
     if target == "speed":
         return _run_speed(args)
+    if target == "vlm":
+        from ..vlm.command import run_vlm
+
+        return run_vlm(args, _load, random_twin, _device(args), _emit)
     if target == "captions":
         model, tokenizer, _ = _load(args)
         result = _captions(args, model, tokenizer, args.caption_images, decoding_options(args))

@@ -136,14 +136,20 @@ def fashion_mnist_task(shard_dir: str, image_size: int, num_train: int = 2000, n
 
 
 def load_task(name: str, image_size: int, *, num_train: int = 2000, num_test: int = 500, seed: int = 0,
-              shards: str = "") -> ClassificationTask:
+              shards: str = "", templates: str = "", label_key: str = "label") -> ClassificationTask:
+    from .user_tasks import is_user_task, user_task
+
+    if is_user_task(name):  # imagefolder:DIR, csv:FILE, shards:PATTERN (eval/user_tasks.py)
+        return user_task(name, image_size, num_train=num_train, num_test=num_test, seed=seed, templates=templates,
+                         label_key=label_key)
     if name in SYNTHETIC_TASKS:
         return synthetic_task(name, image_size, num_train, num_test, seed)
     if name == "fashion-mnist":
         if not shards:
             raise UserError("the fashion-mnist task needs --shards DIR (from `ov2 shards --fashion-mnist`)")
         return fashion_mnist_task(shards, image_size, num_train, num_test)
-    raise UserError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
+    raise UserError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or imagefolder:DIR, csv:FILE, "
+                    "shards:PATTERN")
 
 
 # --- held-out captioned images (caption metrics, the report's grid) ---------------------------------

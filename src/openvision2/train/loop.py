@@ -36,6 +36,7 @@ from .config import TrainConfig
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .factory import build_model
 from .faults import BadStepGuard, PreemptionFlag
+from .init_from import load_init_weights, tokenizer_source
 from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
 from .parallel import initialize_weights, no_gradient_sync, parallelize, resolve_parallel, unwrap
@@ -172,7 +173,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     image_size = config.model.image_size
     train_set = build_from_config(config.data, "train", image_size, run.seed)
     val_set = build_from_config(config.data, "val", image_size, run.seed)
-    source = resume_from or (run.init_from and ckpt.resolve_checkpoint(run.init_from))
+    # An encoder-only init_from (an import or export) has no tokenizer: the run's config builds one.
+    source = resume_from or (run.init_from and tokenizer_source(run.init_from))
     tokenizer = CaptionTokenizer.load(source) if source else build_tokenizer(config.data, train_set)
 
     # --- model: built (on meta for 1B+ models), wrapped in one place, then initialised ---
@@ -185,7 +187,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         model.to_empty(device=device)
         initialize_weights(model)
     if run.init_from and resume_from is None:
-        ckpt.load_weights_from(run.init_from, wrapped)
+        log(load_init_weights(run.init_from, wrapped, model.encoder, config))
     optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps)
 
     model_config = unwrap(model).config

@@ -1,0 +1,183 @@
+"""Classification tasks from the user's own labelled images, for `ov2 eval zeroshot|probe|vlm --task KIND:PATH`.
+
+- `imagefolder:DIR`: one sub-folder per class (torchvision's ImageFolder layout); if DIR holds
+  `train/` and `test/` (or `val/`) folders of that layout, they are the split.
+- `csv:FILE`: rows `file,label` (a header row naming `file`/`label` is optional; an optional third
+  column `split` says train/test); `.jsonl` files hold one {"file": ..., "label": ..., "split": ...}
+  object per line. Relative paths are relative to the file.
+- `shards:PATTERN`: tar shards (a directory or webdataset notation, e.g. `data/x-{000..009}.tar`)
+  whose json member has the label under `label_key` (default "label") and optionally "split".
+Class names are the folder / label names ("_" read as a space), sorted; a shard's integer label
+takes its json "classname" (or "class_name") when present. Without a split in the data, a seeded
+shuffle (seed --seed) puts 20% of the images into the test split. Zero-shot prompts are built-in
+caption beginnings ("a photo of a {}", ...) or the lines of a user's templates file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..errors import UserError
+from ..preprocess import pil_to_uint8
+from .tasks import ClassificationTask, Split
+from .zeroshot import prompts_from_templates
+
+KINDS = ("imagefolder", "csv", "shards")
+TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a close-up photo of a {}",
+             "a photo of the {}")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+TEST_SHARE = 0.2
+PROGRESS_FROM = 500  # images: loading more than this shows a progress bar
+
+
+def is_user_task(name: str) -> bool:
+    return name.split(":", 1)[0] in KINDS and ":" in name
+
+
+def read_templates(path: str) -> list[str]:
+    if not path:
+        return list(TEMPLATES)
+    try:
+        lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    except OSError as err:
+        raise UserError(f"cannot read the templates file {path}: {err.strerror}") from None
+    templates = [line for line in lines if line and not line.startswith("#")]
+    if not templates or any("{}" not in t for t in templates):
+        raise UserError(f'{path}: every line needs a "{{}}" where the class name goes, e.g. "a photo of a {{}}"')
+    return templates
+
+
+# --- reading (item, label name, split or None) rows; an item is a path or an image loader ---------
+
+def _imagefolder_rows(root: Path) -> list[tuple[object, str, str | None]]:
+    if not root.is_dir():
+        raise UserError(f"imagefolder:{root}: not a directory (expected one sub-folder per class)")
+    split_dirs = {s: root / d for s, d in (("train", "train"), ("test", "val"), ("test", "test"))
+                  if (root / d).is_dir()}
+    if "train" in split_dirs and "test" in split_dirs:
+        return [(path, label, split) for split, folder in split_dirs.items()
+                for path, label, _ in _imagefolder_rows_flat(folder)]
+    return _imagefolder_rows_flat(root)
+
+
+def _imagefolder_rows_flat(root: Path) -> list[tuple[object, str, None]]:
+    rows = [(path, folder.name, None) for folder in sorted(p for p in root.iterdir() if p.is_dir())
+            for path in sorted(folder.rglob("*")) if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not rows:
+        raise UserError(f"imagefolder:{root}: no images in sub-folders (expected DIR/CLASS/IMAGE.jpg)")
+    return rows
+
+
+def _table_rows(path: Path) -> list[tuple[object, str, str | None]]:
+    if not path.is_file():
+        raise UserError(f"csv:{path}: no such file (expected rows file,label[,split])")
+    text = path.read_text()
+    if path.suffix.lower() in (".jsonl", ".json"):
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    raise UserError(f"{path}:{number}: not a JSON object") from None
+    else:
+        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+        if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
+            header = [c.strip().lower() for c in rows[0]]
+            rows = rows[1:]
+        else:
+            header = ["file", "label", "split"]
+        records = [dict(zip(header, [c.strip() for c in row])) for row in rows]
+    out = []
+    for number, record in enumerate(records, 1):
+        if not isinstance(record, dict) or not record.get("file") or record.get("label") in (None, ""):
+            raise UserError(f"{path}: row {number} needs a file and a label")
+        split = record.get("split") or None
+        if split is not None and split not in ("train", "test"):
+            raise UserError(f"{path}: row {number} has split {split!r}: use train or test")
+        out.append((path.parent / str(record["file"]), str(record["label"]), split))
+    if not out:
+        raise UserError(f"{path}: no rows")
+    return out
+
+
+def _shard_rows(pattern: str, label_key: str) -> list[tuple[object, str, str | None]]:
+    from ..data.shards import expand_shards
+    from ..data.tarindex import ShardReader, UnreadableShard, index_shard
+
+    reader, out = ShardReader(), []
+    for path in expand_shards(pattern):
+        try:
+            index = index_shard(path)
+        except UnreadableShard as err:
+            raise UserError(f"cannot read shard {path}: {err}") from None
+        for members in index.members:
+            image_ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in members), None)
+            if image_ext is None or "json" not in members:
+                continue
+            info = json.loads(reader.read(index, *members["json"]))
+            if label_key not in info:
+                raise UserError(f"{path}: a sample's json has no {label_key!r} field (set --label-key)")
+            label = info[label_key]
+            if isinstance(label, int):
+                label = info.get("classname", info.get("class_name", label))
+            data = reader.read(index, *members[image_ext])
+            out.append((lambda d=data: Image.open(io.BytesIO(d)), str(label), info.get("split")))
+    if not out:
+        raise UserError(f"shards:{pattern}: no samples with an image and a json label")
+    return out
+
+
+def _load(item, size: int) -> torch.Tensor:
+    try:
+        with (item() if callable(item) else Image.open(item)) as image:
+            return pil_to_uint8(image, size)
+    except FileNotFoundError:
+        raise UserError(f"image {item} does not exist") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read image {item}: {err}") from None
+
+
+def _split(rows, seed: int) -> tuple[list, list]:
+    if any(split is not None for _, _, split in rows):
+        return [r for r in rows if r[2] != "test"], [r for r in rows if r[2] == "test"]
+    order = list(range(len(rows)))
+    random.Random(f"user-task/{seed}").shuffle(order)
+    cut = max(1, round(TEST_SHARE * len(rows)))
+    return [rows[i] for i in sorted(order[cut:])], [rows[i] for i in sorted(order[:cut])]
+
+
+def _images(rows, classes: list[str], size: int, limit: int, seed: int, what: str) -> Split:
+    if len(rows) > limit:  # a seeded sample, so a cap does not keep only the first classes
+        rows = [rows[i] for i in sorted(random.Random(f"cap/{seed}/{what}").sample(range(len(rows)), limit))]
+    progress = tqdm(rows, desc=f"loading {what} images", disable=len(rows) < PROGRESS_FROM, leave=False)
+    return Split(torch.stack([_load(item, size) for item, _, _ in progress]),
+                 torch.tensor([classes.index(label) for _, label, _ in rows]))
+
+
+def user_task(spec: str, image_size: int, *, num_train: int = 2000, num_test: int = 500, seed: int = 0,
+              templates: str = "", label_key: str = "label") -> ClassificationTask:
+    """The ClassificationTask of `KIND:PATH` (see the module docstring)."""
+    kind, _, where = spec.partition(":")
+    if kind not in KINDS or not where:
+        raise UserError(f"unknown task {spec!r}: a user task is one of {', '.join(k + ':PATH' for k in KINDS)}")
+    rows = (_imagefolder_rows(Path(where)) if kind == "imagefolder" else _table_rows(Path(where)) if kind == "csv"
+            else _shard_rows(where, label_key))
+    classes = sorted({label for _, label, _ in rows})
+    if len(classes) < 2:
+        raise UserError(f"{spec}: found {len(classes)} class; classification needs at least 2")
+    train_rows, test_rows = _split(rows, seed)
+    if not train_rows or not test_rows:
+        raise UserError(f"{spec}: the {'train' if not train_rows else 'test'} split is empty")
+    classnames = [c.replace("_", " ") for c in classes]
+    return ClassificationTask(spec, classnames, prompts_from_templates(classnames, read_templates(templates)),
+                              _images(train_rows, classes, image_size, num_train, seed, "train"),
+                              _images(test_rows, classes, image_size, num_test, seed, "test"))

@@ -1,0 +1,83 @@
+"""The `ov2 eval vlm` arguments and runner (kept apart from commands/eval.py, which only dispatches here)."""
+
+from __future__ import annotations
+
+from .options import VQA_TASK, VLMOptions
+
+HELP = "LLaVA-style evaluation: projector + LM trained on the frozen encoder (via its hf export), VQA accuracy"
+
+
+def add_vlm_arguments(sub, common) -> None:
+    vlm = sub.add_parser("vlm", help=HELP, description=HELP)
+    common(vlm)
+    defaults = VLMOptions()
+    vlm.add_argument("--task", default=VQA_TASK,
+                     help=f"{VQA_TASK} (default: attribute, counting, position and existence questions on the "
+                          "embedded dataset) or a classification task asked as 'what is this item?' "
+                          "(fashion-mnist, imagefolder:DIR, csv:FILE, shards:PATTERN)")
+    vlm.add_argument("--shards", default="", help="Fashion-MNIST shard directory (for --task fashion-mnist)")
+    vlm.add_argument("--label-key", default="label", help="json field holding the label (shards: tasks)")
+    vlm.add_argument("--lm", default="tiny",
+                     help="language model: 'tiny' (a 2-layer Llama from a config, word-level vocabulary learned from "
+                          "the instruction data; the CPU default) or a local Hugging Face causal LM directory")
+    vlm.add_argument("--tokens", default="patch", choices=("patch", "pooled"),
+                     help="what the LM sees: every patch token (LLaVA's default) or the one pooled token")
+    vlm.add_argument("--train-images", type=int, default=defaults.train_images,
+                     help=f"images for both training stages (default: {defaults.train_images})")
+    vlm.add_argument("--test-images", type=int, default=defaults.test_images,
+                     help=f"held-out images whose questions are scored (default: {defaults.test_images})")
+    vlm.add_argument("--stage1-steps", type=int, default=defaults.stage1_steps,
+                     help=f"projector-only steps on captions (default: {defaults.stage1_steps})")
+    vlm.add_argument("--stage2-steps", type=int, default=defaults.stage2_steps,
+                     help=f"projector + LM steps on question/answer pairs (default: {defaults.stage2_steps})")
+    vlm.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr, help="peak learning rate of stage 1")
+    vlm.add_argument("--stage2-lr", type=float, default=defaults.stage2_lr,
+                     help="peak learning rate of stage 2 (use ~2e-5 with a pretrained --lm, as LLaVA-1.5 does)")
+    vlm.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step of both stages")
+    vlm.add_argument("--seed", type=int, default=0, help="data and initialisation seed (default: 0)")
+    vlm.add_argument("--vs-random", action="store_true",
+                     help="also evaluate the same encoder architecture randomly initialised, side by side")
+    vlm.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def options_from(args) -> VLMOptions:
+    for name in ("train_images", "test_images", "batch_size"):
+        if getattr(args, name) < 1:
+            from ..errors import UserError
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    return VLMOptions(task=args.task, lm=args.lm, tokens=args.tokens, train_images=args.train_images,
+                      test_images=args.test_images, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                      stage1_lr=args.stage1_lr, stage2_lr=args.stage2_lr, batch_size=args.batch_size, seed=args.seed,
+                      shards=args.shards, label_key=args.label_key)
+
+
+def run_vlm(args, load, random_twin, device, emit) -> int:
+    """`load(args)` -> (model, tokenizer, meta); `emit(args, result, lines)` prints text or JSON."""
+    from tqdm import tqdm
+
+    from .evaluate import evaluate_encoder, load_vqa
+
+    options = options_from(args)
+    model, _, meta = load(args)
+    models = {"trained": model}
+    if args.vs_random:
+        models["random_init"] = random_twin(model)
+    train, test = load_vqa(options, model.config.image_size)
+    total = len(models) * (options.stage1_steps + options.stage2_steps)
+    result = {"task": options.task, "lm": options.lm, "tokens": options.tokens, "num_train_images": len(train.images),
+              "num_train_questions": len(train.questions), "num_test_questions": len(test.questions)}
+    with tqdm(total=total, desc="eval vlm", disable=args.no_progress or args.json) as progress:
+        for name, encoder_model in models.items():
+            result[name] = evaluate_encoder(encoder_model, meta, train, test, options, device, progress)
+    types = list(result["trained"]["accuracy"])
+    lines = [f"LLaVA-style evaluation, {options.task}: {result['trained']['export']} export, "
+             f"{result['trained']['image_tokens']} {options.tokens} token(s) per image, LM {options.lm}; "
+             f"{len(train.images)} training images ({len(train.questions)} questions), "
+             f"{len(test.questions)} held-out questions; exact-match accuracy",
+             f"  {'':14s}" + "".join(f"{t:>12s}" for t in types) + f"{'overall':>12s}"]
+    for name in models:
+        acc = result[name]["accuracy"]
+        lines.append(f"  {name:14s}" + "".join(f"{acc[t]:12.3f}" for t in types) + f"{result[name]['overall']:12.3f}")
+    for sample in result["trained"]["samples"][:4]:
+        lines.append(f"  e.g. {sample['question']} -> {sample['prediction']!r} (truth: {sample['answer']})")
+    return emit(args, result, lines)

@@ -1,0 +1,94 @@
+"""`ov2 compare` (issue 12 §2): two methods for a few steps on one shared setting, compare.json, the HTML
+page rendered in headless Chromium, reuse of finished runs, and the fairness refusals."""
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from openvision2.cli import main
+from openvision2.compare.methods import method_config
+from openvision2.compare.run import budget_steps
+
+TINY = ["encoder=mu/8", "decoder=mu", "image_size=32", "batch_size=4", "val_samples=4", "train_samples=200",
+        "eval_images=4", "evals=", "tensorboard=false", "log_every=1"]
+SMALL_EVALS = ["--rounds", "1", "--probe-train-images", "40", "--test-images", "20", "--attentive-epochs", "2",
+               "--vlm-train-images", "16", "--vlm-test-images", "8", "--vlm-stage1-steps", "2",
+               "--vlm-stage2-steps", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp")
+    argv = ["compare", "--methods", "openvision2,openvision1", "--steps", "3", "--out", str(out), *SMALL_EVALS, *TINY]
+    assert main(argv) == 0
+    return out
+
+
+def test_compare_writes_json_with_costs_evals_and_differences(compared):
+    result = json.loads((compared / "compare.json").read_text())
+    assert list(result["methods"]) == ["openvision2", "openvision1"] and result["budget"] == "steps"
+    for method, r in result["methods"].items():
+        assert r["steps"] == 3 and r["step_s"] > 0 and r["peak_mem_bytes"] > 0 and r["train_flops"] > 0
+        assert [s for s, _ in r["loss"]["train"]] == [1, 2, 3]
+        assert {"probe/linear_pooled", "probe/attentive", "probe/knn", "vlm/overall", "vlm/existence"} <= r["evals"].keys()
+    # caption likelihood for OV2, CLIP's protocol through the text tower for OV1
+    assert all("zeroshot/top1" in r["evals"] for r in result["methods"].values())
+    assert result["differences"]["method"] == {"openvision2": "openvision2", "openvision1": "openvision1"}
+    assert "seed" not in result["differences"] and "encoder" not in result["differences"]
+    assert result["ratios_vs_reference"]["openvision2"] == {"time_per_step": 1.0, "memory": 1.0, "flops_per_image": 1.0}
+
+
+def test_compare_reuses_finished_runs(compared, capsys):
+    argv = ["compare", "--methods", "openvision2,openvision1", "--steps", "3", "--out", str(compared), "--json",
+            *SMALL_EVALS, *TINY]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert all(r["reused_run"] for r in result["methods"].values())
+
+
+def test_compare_refuses_other_settings_in_the_same_out(compared, capsys):
+    argv = ["compare", "--methods", "openvision2", "--steps", "3", "--out", str(compared), *SMALL_EVALS, *TINY,
+            "seed=1"]
+    assert main(argv) == 2
+    assert "holds a run with other settings (run.seed=0 there, 1 now)" in capsys.readouterr().err
+
+
+def test_budgets_give_each_method_the_reference_cost():
+    costs = {"methods": {"openvision2": {"step_s": 1.0, "forward_flops_per_image": 2e9},
+                         "openvision1": {"step_s": 2.0, "forward_flops_per_image": 4e9},
+                         "cappa": {"step_s": 1.25, "forward_flops_per_image": 3e9}}}
+    methods = ["openvision2", "openvision1", "cappa"]
+    assert budget_steps(costs, methods, 100, "steps") == {"openvision2": 100, "openvision1": 100, "cappa": 100}
+    assert budget_steps(costs, methods, 100, "wall") == {"openvision2": 100, "openvision1": 50, "cappa": 80}
+    assert budget_steps(costs, methods, 100, "flops") == {"openvision2": 100, "openvision1": 50, "cappa": 67}
+
+
+def test_openvision1_needs_a_distinct_alt_text_on_shards():
+    from openvision2.errors import UserError
+
+    with pytest.raises(UserError, match="alt-text distinct from the caption"):
+        method_config("tiny-cpu", "openvision1", ["dataset=shards", "train_shards=x.tar"])
+    config = method_config("tiny-cpu", "openvision1", ["dataset=shards", "train_shards=x.tar",
+                                                       "alt_caption_key=org_caption"])
+    assert config.method == "openvision1" and config.alt_caption_key == "org_caption"
+
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
+                 if shutil.which(name)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_compare_page_renders_in_headless_chromium(compared, tmp_path):
+    page = compared / "index.html"
+    expected = len(re.findall(r"<img ", page.read_text()))
+    assert expected == 4
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+               page.resolve().as_uri()]
+    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    assert f'data-images-loaded="{expected}/{expected}"' in dom, dom[-2000:]
+    assert "openvision1" in dom and "What differs between the runs" in dom

@@ -1,0 +1,113 @@
+"""Evaluation on the user's own labelled images (issue 12 §3): ImageFolder, CSV/JSONL and shard tasks
+through `ov2 eval zeroshot` and `ov2 eval probe`."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from openvision2.cli import main
+from openvision2.data.writer import ShardWriter
+from openvision2.errors import UserError
+from openvision2.eval.user_tasks import TEMPLATES, user_task
+
+from interop_fixtures import tiny_checkpoint
+
+CLASSES = {"red_square": (220, 30, 30), "blue_circle": (40, 60, 230), "white_cross": (240, 240, 240)}
+PER_CLASS = 10
+
+
+def picture(colour, seed) -> Image.Image:
+    noise = np.random.default_rng(seed).integers(0, 40, (40, 48, 3))
+    pixels = np.clip(noise + np.array(colour) * (np.arange(48)[None, :, None] > 12), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)  # not square and not the model's size: the task resizes
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for c, (name, colour) in enumerate(CLASSES.items()):
+        (root / name).mkdir()
+        for i in range(PER_CLASS):
+            picture(colour, 100 * c + i).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "ckpt"
+    tiny_checkpoint(path)
+    return path
+
+
+def run_json(argv, capsys) -> dict:
+    assert main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("target", ["zeroshot", "probe"])
+def test_imagefolder_task(folder, checkpoint, target, capsys):
+    result = run_json(["eval", target, "--checkpoint", str(checkpoint), "--task", f"imagefolder:{folder}",
+                       "--json", "--vs-random", *(["--attentive-epochs", "2"] if target == "probe" else [])], capsys)
+    assert result["task"] == f"imagefolder:{folder}"
+    for name in ("trained", "random_init"):
+        if target == "zeroshot":
+            assert result[name]["num_classes"] == 3 and result[name]["num_images"] == 6  # 20% of 30
+            assert result[name]["num_prompts"] == 3 * len(TEMPLATES)
+            assert 0 <= result[name]["top1"] <= 1
+        else:
+            assert (result[name]["num_train"], result[name]["num_test"], result[name]["num_classes"]) == (24, 6, 3)
+            assert {"linear_pooled", "attentive", "knn"} <= result[name].keys()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+@pytest.mark.parametrize("target", ["zeroshot", "probe"])
+def test_csv_task_with_its_own_split(folder, checkpoint, tmp_path, target, suffix, capsys):
+    rows = [(f"{folder}/{name}/{i:03d}.png", name, "test" if i < 2 else "train")
+            for name in CLASSES for i in range(PER_CLASS)]
+    table = tmp_path / f"labels.{suffix}"
+    if suffix == "csv":
+        table.write_text("file,label,split\n" + "".join(f"{f},{label},{s}\n" for f, label, s in rows))
+    else:
+        table.write_text("".join(json.dumps({"file": f, "label": label, "split": s}) + "\n" for f, label, s in rows))
+    templates = tmp_path / "templates.txt"
+    templates.write_text("# mine\na {} on the right\nthe {}\n")
+    extra = ["--attentive-epochs", "2"] if target == "probe" else []
+    result = run_json(["eval", target, "--checkpoint", str(checkpoint), "--task", f"csv:{table}", "--json",
+                       "--templates", str(templates), *extra], capsys)
+    if target == "zeroshot":
+        assert (result["trained"]["num_images"], result["trained"]["num_prompts"]) == (6, 6)
+    else:
+        assert (result["trained"]["num_train"], result["trained"]["num_test"]) == (24, 6)
+
+
+def test_names_splits_and_prompts(folder, tmp_path):
+    task = user_task(f"imagefolder:{folder}", 16, seed=0)
+    assert task.classnames == ["blue circle", "red square", "white cross"]  # sorted folder names, "_" as space
+    assert task.prompts[1][0] == "a photo of a red square"
+    again, other = user_task(f"imagefolder:{folder}", 16, seed=0), user_task(f"imagefolder:{folder}", 16, seed=1)
+    assert again.test.labels.tolist() == task.test.labels.tolist() and (again.test.images == task.test.images).all()
+    assert not (other.test.images.shape == task.test.images.shape and (other.test.images == task.test.images).all())
+    assert task.train.images.shape == (24, 3, 16, 16)
+
+
+def test_shard_task_reads_the_label_key(folder, tmp_path):
+    with ShardWriter(tmp_path / "shards", per_shard=16) as writer:
+        for c, name in enumerate(CLASSES):
+            for i in range(PER_CLASS):
+                data = (folder / name / f"{i:03d}.png").read_bytes()
+                writer.write(f"{c}{i:03d}", {"png": data, "json": {"cls": c, "classname": name}})
+    task = user_task(f"shards:{tmp_path / 'shards'}", 16, label_key="cls")
+    assert task.classnames == ["blue circle", "red square", "white cross"] and len(task.test.labels) == 6
+    with pytest.raises(UserError, match="no 'label' field"):
+        user_task(f"shards:{tmp_path / 'shards'}", 16)
+
+
+@pytest.mark.parametrize("spec,message", [("imagefolder:/nonexistent", "not a directory"),
+                                          ("csv:/nonexistent.csv", "no such file"),
+                                          ("folder:/x", "unknown task")])
+def test_bad_task_is_one_line(checkpoint, spec, message, capsys):
+    assert main(["eval", "zeroshot", "--checkpoint", str(checkpoint), "--task", spec]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

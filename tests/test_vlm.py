@@ -1,0 +1,102 @@
+"""`ov2 eval vlm` (issue 12 §1): the VQA split of the embedded dataset, exact-match scoring, and the
+LLaVA protocol end to end on a tiny encoder with a tiny LM, through the hf export and transformers."""
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+
+from openvision2.cli import main
+from openvision2.data import synthetic
+from openvision2.interop import export_checkpoint
+from openvision2.vlm.llava import PooledTower, word_tokenizer
+from openvision2.vlm.vqa import QUESTION_TYPES, normalize_answer, scene_questions, score, synthetic_vqa
+
+from interop_fixtures import TOL, images, max_diff, tiny_checkpoint
+
+SMALL = ["--train-images", "24", "--test-images", "8", "--stage1-steps", "2", "--stage2-steps", "3",
+         "--batch-size", "8", "--json"]
+
+
+def test_questions_are_answered_by_the_scene():
+    for index in range(200):
+        scene = synthetic.make_scene(index, "val")
+        qa = scene_questions(scene, random.Random(index), want_yes=index % 2 == 0)
+        totals = {}
+        for g in scene.groups:
+            totals[g.colour, g.shape] = totals.get((g.colour, g.shape), 0) + g.count
+        question, answer = qa["existence"]
+        colour, shape = question.removeprefix("is there a ").rstrip("?").split(" ")
+        assert answer == ("yes" if (colour, shape) in totals else "no") == ("yes" if index % 2 == 0 else "no")
+        question, answer = qa["counting"]
+        colour, plural = question.removeprefix("how many ").removesuffix(" are there?").split(" ")
+        shape = next(s for s in synthetic.SHAPES if synthetic._PLURAL[s] == plural)
+        assert int(answer) == totals[colour, shape]
+        if "position" in qa:
+            question, answer = qa["position"]
+            assert answer in synthetic.REGIONS and any(g.region == answer and g.colour in question
+                                                       and g.shape in question for g in scene.groups)
+        if "attribute" in qa:
+            assert qa["attribute"][1] in synthetic.COLOURS + synthetic.SHAPES + synthetic.SIZES
+
+
+def test_vqa_split_covers_every_type_with_balanced_existence():
+    data = synthetic_vqa("val", 40, 32)
+    assert data.types() == list(QUESTION_TYPES) and data.images.shape == (40, 3, 32, 32)
+    existence = [a for _, t, _, a in data.questions if t == "existence"]
+    assert existence.count("yes") == existence.count("no") == 20
+    assert synthetic_vqa("val", 40, 32).questions == data.questions  # reproducible
+
+
+def test_normalised_exact_match():
+    assert normalize_answer(" The Top-Left. ") == "top left" and normalize_answer("three") == "3"
+    questions = [(0, "counting", "q", "2"), (0, "counting", "q", "1"), (1, "existence", "q", "yes")]
+    result = score(questions, ["two", "3", "Yes."])
+    assert result["accuracy"] == {"counting": 0.5, "existence": 1.0} and result["overall"] == pytest.approx(2 / 3)
+
+
+def test_pooled_tower_gives_the_encoders_pooled_feature(tmp_path):
+    model, _ = tiny_checkpoint(tmp_path / "ckpt")
+    tower = PooledTower(AutoModel.from_pretrained(export_checkpoint(tmp_path / "ckpt", "hf", tmp_path / "hf")), True)
+    x = images()
+    with torch.no_grad():
+        out = tower(x)
+        assert out.hidden_states[-1].shape == (2, 1, 32)
+        assert max_diff(out.hidden_states[-1][:, 0], model.encoder.forward_tokens(x)[0]) <= TOL
+
+
+def test_eval_vlm_end_to_end_vs_random(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--vs-random", *SMALL]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["task"], result["lm"], result["tokens"]) == ("synthetic-vqa", "tiny", "patch")
+    for name in ("trained", "random_init"):
+        run = result[name]
+        assert list(run["accuracy"]) == list(QUESTION_TYPES) and 0 <= run["overall"] <= 1
+        assert (run["export"], run["image_tokens"]) == ("hf", 16)  # 32 px / 8 px patches, CLS dropped
+        assert run["stage1"]["steps"] == 2 and run["stage2"]["steps"] == 3
+    assert sum(result["trained"]["num_questions"].values()) == result["num_test_questions"]
+
+
+def test_eval_vlm_pooled_token_with_a_local_lm_directory(tmp_path, capsys):
+    """--lm PATH: a Hugging Face causal LM directory (here a tiny Llama saved with its tokenizer)."""
+    tiny_checkpoint(tmp_path / "ckpt", pre_norm=True)  # exported as CLIPVisionModel
+    tokenizer = word_tokenizer(["what is this item ? a photo of a red square describe the image ."])
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--lm", str(tmp_path / "lm"),
+                 "--tokens", "pooled", *SMALL]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["lm"], result["tokens"]) == (str(tmp_path / "lm"), "pooled")
+    assert (result["trained"]["export"], result["trained"]["image_tokens"]) == ("hf-clip", 1)
+
+
+def test_eval_vlm_bad_lm_is_one_line(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--lm", str(tmp_path / "none"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not 'tiny' nor a local Hugging Face model directory" in err
