@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..vlm.options import VLMOptions
+
 BUDGETS = ("steps", "wall", "flops")
 EVALS = ("probe", "zeroshot", "vlm")
 
@@ -21,9 +23,10 @@ class CompareOptions:
     probe_train_images: int = 2000
     test_images: int = 500
     attentive_epochs: int = 30
-    vlm_train_images: int = 2000
-    vlm_test_images: int = 300
-    vlm_stage1_steps: int = 150
-    vlm_stage2_steps: int = 600
+    # eval vlm's sizes: its own defaults unless the comparison asks otherwise
+    vlm_train_images: int = VLMOptions.train_images
+    vlm_test_images: int = VLMOptions.test_images
+    vlm_stage1_steps: int = VLMOptions.stage1_steps
+    vlm_stage2_steps: int = VLMOptions.stage2_steps
     rounds: int = 3
     progress: bool = True
