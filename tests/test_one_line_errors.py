@@ -8,6 +8,8 @@ import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -48,6 +50,20 @@ def test_a_user_error_inside_a_dataloader_worker_is_one_line(tmp_path, capsys):
                  "num_workers=1", "val_samples=4", "batch_size=4"])
     assert code == 2
     assert "gave no usable sample" in one_line_error(capsys, "train")
+
+
+def test_a_run_that_fails_with_dataloader_workers_alive_still_exits(tmp_path):
+    """Workers ignore SIGTERM (preemption safety), so multiprocessing's exit handler cannot end them:
+    a run stopped by an error while its workers live must end them itself, not hang at exit."""
+    write_shards(tmp_path / "val", "val", num_shards=1, per_shard=4)
+    (tmp_path / "junk").mkdir()
+    for i in range(2):
+        (tmp_path / "junk" / f"junk-{i}.tar").write_bytes(b"not a tar archive" * 64)
+    command = [sys.executable, "-m", "openvision2.cli", "train", "--out", str(tmp_path / "run"), "--steps", "2",
+               "--no-progress", "dataset=shards", f"train_shards={tmp_path}/junk/junk-{{0..1}}.tar",
+               f"val_shards={tmp_path}/val", "num_workers=1", "val_samples=4", "batch_size=4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "gave no usable sample" in done.stderr
 
 
 def test_shard_patterns_that_cannot_work_are_user_errors(tmp_path):

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
-from .workers import ignore_sigterm
+from .workers import ignore_sigterm, iterate
 
 
 class ResumableBatches:
@@ -77,7 +77,7 @@ class ResumableBatches:
                             collate_fn=self.collate, num_workers=self.num_workers,
                             persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
                             worker_init_fn=ignore_sigterm)
-        for micro_batch in loader:
+        for micro_batch in iterate(loader):
             self._delivered += 1
             if self._delivered == self.micro_batches:
                 self.position, self._delivered = self.position + 1, 0
