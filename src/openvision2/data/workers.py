@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util  # noqa: F401  (registers its exit handler before ours below)
 import signal
 import weakref
 
 from torch.utils.data import DataLoader
 
-_started: weakref.WeakSet = weakref.WeakSet()  # iterators of live loaders whose workers ignore SIGTERM
+_workers: weakref.WeakSet = weakref.WeakSet()  # worker processes (they ignore SIGTERM) of this process's loaders
 
 
 def ignore_sigterm(worker_id: int = 0) -> None:
@@ -21,19 +22,17 @@ def ignore_sigterm(worker_id: int = 0) -> None:
 
 def iterate(loader: DataLoader):
     """iter(loader), its workers ended when this process exits, however it exits. An iterator kept
-    alive by an exception's traceback is never garbage-collected, so DataLoader's own shutdown does
-    not run; multiprocessing's exit handler would then wait forever for workers that ignore SIGTERM."""
+    alive by an exception's traceback is never shut down by DataLoader itself, and multiprocessing's
+    exit handler (SIGTERM, then join) would wait forever for workers that ignore SIGTERM."""
     iterator = iter(loader)
-    if loader.num_workers:
-        if not _started:
-            atexit.register(_end_workers)  # registered after multiprocessing's handler, so it runs first
-        _started.add(iterator)
+    _workers.update(getattr(iterator, "_workers", ()))
     return iterator
 
 
 def _end_workers() -> None:
-    for iterator in list(_started):
-        iterator._shutdown_workers()  # what DataLoader does on garbage collection: a sentinel to each worker
-        for worker in iterator._workers:  # one that did not take it within torch's grace period
-            if worker.is_alive():
-                worker.kill()
+    for worker in list(_workers):
+        if worker.is_alive():
+            worker.kill()
+
+
+atexit.register(_end_workers)  # registered after multiprocessing's exit handler, so it runs before it
