@@ -30,6 +30,8 @@ def iterate(loader: DataLoader):
 
 
 def _end_workers() -> None:
+    # DataLoader's SIGCHLD handler reports a worker killed by a signal as an error; at exit it is not one.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for worker in list(_workers):
         if worker.is_alive():
             worker.kill()
