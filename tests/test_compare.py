@@ -3,11 +3,10 @@ page rendered in headless Chromium, reuse of finished runs, and the fairness ref
 
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 
+from browser import needs_chromium, rendered_dom
 from openvision2.cli import main
 from openvision2.compare.methods import method_config
 from openvision2.compare.run import budget_steps
@@ -76,19 +75,11 @@ def test_openvision1_needs_a_distinct_alt_text_on_shards():
     assert config.method == "openvision1" and config.alt_caption_key == "org_caption"
 
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_compare_page_renders_in_headless_chromium(compared, tmp_path):
     page = compared / "index.html"
     expected = len(re.findall(r"<img ", page.read_text()))
     assert expected == 4
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
-               page.resolve().as_uri()]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    dom = rendered_dom(page, tmp_path / "profile")
     assert f'data-images-loaded="{expected}/{expected}"' in dom, dom[-2000:]
     assert "openvision1" in dom and "What differs between the runs" in dom

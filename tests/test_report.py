@@ -2,11 +2,11 @@
 
 import json
 import re
-import shutil
 import subprocess
 
 import pytest
 
+from browser import chromium_command, needs_chromium, rendered_dom
 from openvision2.checkpoint import mark_latest, save_checkpoint
 from openvision2.cli import main
 from openvision2.eval.report import build_report, read_metrics
@@ -62,23 +62,15 @@ def test_report_cli_json(run_dir, tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
 
 
-CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")
-                 if shutil.which(name)), None)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(run_dir, report, tmp_path):
     page = run_dir / "report" / "index.html"
     expected = len(re.findall(r"<img ", page.read_text()))
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
-               page.resolve().as_uri()]
-    dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+    dom = rendered_dom(page, tmp_path / "profile")
     # the page's script counts <img> elements that finished loading with a real width
     assert f'data-images-loaded="{expected}/{expected}"' in dom, dom[-2000:]
     shot = tmp_path / "shot.png"
-    subprocess.run([*command[:-2], f"--screenshot={shot}", "--window-size=1200,1600", page.resolve().as_uri()],
+    subprocess.run(chromium_command(page, tmp_path / "profile", f"--screenshot={shot}", "--window-size=1200,1600"),
                    capture_output=True, timeout=120)
     from PIL import Image
 
