@@ -1,5 +1,6 @@
 """The vocabulary head + cross-entropy alone, forward + backward: full logits vs chunks, alternated in
-one process (docs/BENCHMARKS.md, issue 14).   python scripts/bench_head.py TOKENS WIDTH fp32|bf16 REPEATS"""
+one process (docs/BENCHMARKS.md, issue 14).   python scripts/bench_head.py TOKENS WIDTH fp32|bf16 REPEATS [CHUNK ...]
+(chunk sizes to compare, 0 = full logits; default 0 1024)"""
 
 import statistics
 import sys
@@ -25,10 +26,12 @@ def main() -> None:
         hidden.grad = weight.grad = None
         return time.perf_counter() - start
 
-    times = {0: [], 1024: []}
-    once(0), once(1024)  # warm-up
-    for r in range(repeats):
-        for chunk in ((0, 1024) if r % 2 == 0 else (1024, 0)):
+    chunks = [int(c) for c in sys.argv[5:]] or [0, 1024]
+    times = {c: [] for c in chunks}
+    for chunk in chunks:  # warm-up
+        once(chunk)
+    for r in range(repeats):  # interleaved, the order reversed every other round
+        for chunk in (chunks if r % 2 == 0 else chunks[::-1]):
             times[chunk].append(once(chunk))
     for chunk, t in times.items():
         print(f"{precision} tokens {tokens} width {width} chunk {chunk or 'off'}: median {statistics.median(t):.3f} s, "

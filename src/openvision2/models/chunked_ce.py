@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK_TOKENS = 1024  # 1024 x 32,000 fp32 logits = 131 MB per chunk
+DEFAULT_CHUNK_TOKENS = 512  # 512 x 32,000 fp32 logits = 66 MB per chunk (docs/BENCHMARKS.md, issue 14: 1024 was 0.12 GiB more at no speed gain)
 
 
 def vocab_nll(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -57,18 +57,29 @@ class _ChunkedVocabNLL(torch.autograd.Function):
         nll_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_h = torch.empty_like(h) if need_grad else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        # One fp32 buffer (and one in the matmul dtype) serves every chunk: no per-chunk allocation, and
+        # the softmax is formed in place (logsumexp would allocate a second [chunk, V] tensor).
+        rows = min(chunk_tokens, len(kept))
+        buffer = torch.empty(rows, weight.shape[0], dtype=torch.float32, device=hidden.device)
+        low = torch.empty(rows, weight.shape[0], dtype=dtype, device=hidden.device) if dtype != torch.float32 else None
         for start in range(0, len(kept), chunk_tokens):
             h_c, t_c = h[start:start + chunk_tokens], t[start:start + chunk_tokens]
-            logits = (h_c @ w.t()).float()
-            lse = torch.logsumexp(logits, dim=1)
-            nll_sum += (lse - logits.gather(1, t_c[:, None]).squeeze(1)).sum()
+            logits = buffer[:len(t_c)]
+            if low is None:
+                torch.mm(h_c, w.t(), out=logits)
+            else:
+                logits.copy_(torch.mm(h_c, w.t(), out=low[:len(t_c)]))
+            target_logit = logits.gather(1, t_c[:, None]).squeeze(1)
+            top = logits.amax(dim=1, keepdim=True)
+            total = logits.sub_(top).exp_().sum(dim=1, keepdim=True)  # logits now hold exp(logit - max)
+            nll_sum += (total.log() + top).squeeze(1).sub_(target_logit).sum()
             if need_grad:
-                # d(sum nll) / d logits = softmax - onehot, computed in place over the chunk's logits
-                grad_logits = logits.sub_(lse[:, None]).exp_()
-                grad_logits[torch.arange(len(t_c), device=t_c.device), t_c] -= 1
-                grad_logits = grad_logits.to(dtype)
-                grad_h[start:start + chunk_tokens] = grad_logits @ w
-                grad_w += (grad_logits.t() @ h_c).float()
+                # d(sum nll) / d logits = softmax - onehot
+                logits.div_(total)
+                logits[torch.arange(len(t_c), device=t_c.device), t_c] -= 1
+                grad_logits = logits if low is None else low[:len(t_c)].copy_(logits)
+                torch.mm(grad_logits, w, out=grad_h[start:start + chunk_tokens])
+                grad_w.add_(grad_logits.t() @ h_c)  # accumulates in fp32 without a converted copy
         if need_grad:
             ctx.save_for_backward(grad_h, grad_w, kept)
             ctx.hidden_meta = (hidden.shape, hidden.dtype)

@@ -44,7 +44,7 @@ class ModelConfig:
     class_token: bool = option(True, "encoder CLS token (false for an hf-siglip export)")
     # The training loss applies the vocabulary head in chunks of tokens, never holding the full
     # [tokens, vocab] logits (models/chunked_ce.py); the same loss and gradients.
-    logits_chunk: int = option(1024, "tokens per chunk of the vocabulary head + cross-entropy; 0 = full logits",
+    logits_chunk: int = option(512, "tokens per chunk of the vocabulary head + cross-entropy; 0 = full logits",
                                low=0)
     # --- OpenVision 1 (DESIGN.md §6) ---
     text_encoder: str = option("", "OpenVision 1's text encoder size; empty = the decoder's size")
