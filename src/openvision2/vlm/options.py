@@ -14,7 +14,6 @@ class VLMOptions:
     tokens: str = "patch"
     train_images: int = 2000
     test_images: int = 300
-    stage1_lm: str = "auto"  # train the LM in stage 1 too: auto = only a from-scratch (--lm tiny) one
     stage1_steps: int = 150
     stage2_steps: int = 600
     stage1_lr: float = 1e-3

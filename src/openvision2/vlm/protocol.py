@@ -130,8 +130,7 @@ def answer(llava, encoded: Encoded, pixels: torch.Tensor, questions: list[tuple[
 
 
 def run_protocol(llava, tokenizer, processor, image_tokens: int, train: VQASet, test: VQASet,
-                 stage1: StageOptions, stage2: StageOptions, seed: int = 0, progress=None,
-                 stage1_lm: bool = False) -> dict:
+                 stage1: StageOptions, stage2: StageOptions, seed: int = 0, progress=None) -> dict:
     """Both stages on `train`, then exact-match scores on `test`'s questions."""
     encoded = Encoded(tokenizer, image_tokens)
     device = next(p for p in llava.parameters() if p.device.type != "meta").device
@@ -140,9 +139,8 @@ def run_protocol(llava, tokenizer, processor, image_tokens: int, train: VQASet, 
     language = list(llava.model.language_model.parameters()) + list(llava.lm_head.parameters())
     captions = [(i, CAPTION_PROMPT, c) for i, c in enumerate(train.captions)]
     for p in language:
-        p.requires_grad_(stage1_lm)
-    first = train_stage(llava, encoded, train_pixels, captions, projector + (_unique(language) if stage1_lm else []),
-                        stage1, seed, progress)
+        p.requires_grad_(False)
+    first = train_stage(llava, encoded, train_pixels, captions, projector, stage1, seed, progress)
     for p in language:
         p.requires_grad_(True)
     qa = [(i, q, a) for i, _, q, a in train.questions]
