@@ -78,10 +78,13 @@ class PeakProbe:
     """The fast measure for find_max_batch: one worker per method serves every trial with one
     training step (bench/worker.py "peak"); a worker killed for memory is replaced by a fresh one."""
 
-    def __init__(self, spec: dict, worker: WorkerProcess | None = None):
+    def __init__(self, spec: dict, worker: WorkerProcess | None = None, fresh: bool = False):
         # warm-up at batch 1 creates AdamW's state, which every trial's step then holds, as in training
         self.spec = {**spec, "shape": {**spec["shape"], "batch_size": 1}, "warmup": 1}
         self.worker = worker  # a started worker of the same spec may serve the trials (after its warm-up)
+        # fresh: a new worker per trial, so that nothing an earlier, larger trial left in the allocator or
+        # in oneDNN's per-shape caches is counted (CPU trials with activation checkpointing read unevenly)
+        self.fresh = fresh
 
     def __call__(self, batch: int) -> int | None:
         try:
@@ -93,6 +96,9 @@ class PeakProbe:
             if not err.oom:
                 raise
             return None
+        finally:
+            if self.fresh:
+                self.close()
 
     def close(self) -> None:
         if self.worker is not None:

@@ -70,6 +70,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="with --suite: tiny models on this machine, to "
                                                                "check the suite end to end in seconds")
     parser.add_argument("--out", default="bench-out", help="directory for --sweep and --suite files")
+    parser.add_argument("--max-batch-fresh", action="store_true",
+                        help="--max-batch: a fresh worker process per trial (slower; nothing an earlier trial left in "
+                             "the allocator or oneDNN's caches is counted: steadier CPU readings at large batches)")
     parser.add_argument("--max-batch-tolerance", type=float, default=0.0,
                         help="stop --max-batch once the largest fit and the smallest miss are within this "
                              "fraction (0: adjacent batches)")
@@ -211,7 +214,7 @@ def run(args) -> int:
                 **bench_methods(methods, base_spec, args.rounds, args.steps_per_round, peak)}
     if args.max_batch:
         out["max_batch"] = max_batches(methods, base_spec, device, args.mem_budget, args.max_batch_limit,
-                                       args.max_batch_tolerance)
+                                       args.max_batch_tolerance, args.max_batch_fresh)
     if args.json:
         print(json.dumps(out))
     else:
@@ -270,7 +273,7 @@ def summarize(base_spec: dict, times: dict, reports: dict, peak: float) -> dict:
 
 
 def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float | None, limit: int | None,
-                tolerance: float = 0.0) -> dict:
+                tolerance: float = 0.0, fresh: bool = False) -> dict:
     """--max-batch: per method, the largest batch whose training step fits the budget (one worker per
     method, one step per trial; bench/runner.py PeakProbe)."""
     from ..errors import UserError
@@ -291,14 +294,15 @@ def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float |
     found = {}
     for method in methods:
         # on CPU a trial may add at most 1.5x the budget before its allocations fail (worker.py)
-        probe = PeakProbe({**base_spec, "method": method, "mem_limit_bytes": int(1.5 * budget_bytes) + 2**29})
+        probe = PeakProbe({**base_spec, "method": method, "mem_limit_bytes": int(1.5 * budget_bytes) + 2**29},
+                          fresh=fresh)
         try:
             found[method] = find_max_batch(probe, budget_bytes, limit, log, method, tolerance=tolerance)
         except WorkerFailed as err:
             raise UserError(f"--max-batch failed in {err}") from None
         finally:
             probe.close()
-    out = {"budget_bytes": budget_bytes, "limit": limit, "tolerance": tolerance,
+    out = {"budget_bytes": budget_bytes, "limit": limit, "tolerance": tolerance, "fresh_worker_per_trial": fresh,
            "activation_checkpointing": base_spec.get("activation_checkpointing", "none"), "methods": found}
     if "openvision2" in found:
         out["openvision2_over"] = {m: found["openvision2"]["max_batch"] / v["max_batch"]

@@ -48,12 +48,14 @@ def _loss_plot(result: dict, path: Path, by_time: bool) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=100)
     for method, r in result["methods"].items():
         scale = r["step_s"] if by_time else 1.0
-        for kind, style in (("train", "-"), ("val", "--")):
+        # train: the method's own objective (OV1 adds its contrastive terms, CapPa its parallel examples);
+        # val: the held-out caption loss, the one curve measured alike for every method
+        for kind, style, label in (("train", "-", "training objective"), ("val", "--", "held-out caption loss")):
             points = r["loss"][kind]
             if points:
-                ax.plot([s * scale for s, _ in points], [v for _, v in points], style, label=f"{method} {kind}")
+                ax.plot([s * scale for s, _ in points], [v for _, v in points], style, label=f"{method} {label}")
     ax.set_xlabel("training time (s, interleaved step time x steps)" if by_time else "step")
-    ax.set_ylabel("caption loss")
+    ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.set_title("loss curves" + (" against time" if by_time else ""))
     ax.grid(alpha=0.3)
