@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -21,8 +22,14 @@ class WorkerProcess:
 
     def __init__(self, spec: dict):
         self.method = spec["method"]
+        env = None
+        if spec.get("live_cpu_peak") and spec["device"] == "cpu":
+            # glibc's adaptive mmap threshold keeps freed blocks of earlier steps in the heap, so the resident
+            # peak depends on history; a fixed 64 KiB threshold returns every large block at once and the
+            # peak follows the live tensors, as torch.cuda.max_memory_allocated does on a GPU
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         self.process = subprocess.Popen([sys.executable, "-m", "openvision2.bench.worker", json.dumps(spec)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self._read()  # {"ready": true}
 
     def _read(self) -> dict:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_CHUNK_TOKENS = 512  # 512 x 32,000 fp32 logits = 66 MB per chunk (docs/BENCHMARKS.md, issue 14: 1024 was 0.12 GiB more at no speed gain)
+# 512 x 32,000 fp32 logits = 66 MB per chunk. 1024 is < 1% of a step faster but holds 0.08 GiB more at
+# the peak; 256 saves ~0.04 GiB more but costs 2.4% (docs/BENCHMARKS.md, issue 14)
+DEFAULT_CHUNK_TOKENS = 512
 
 
 def vocab_nll(hidden: torch.Tensor, head_weight: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
