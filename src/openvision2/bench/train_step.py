@@ -49,7 +49,7 @@ def add_arguments(parser) -> None:
                                                               "from hardware flags (bf16 on Ampere+ GPUs and on CPUs "
                                                               "with AVX-512 BF16 or AMX, else fp32)")
     parser.add_argument("--logits-chunk", type=int, default=None,
-                        help="tokens per chunk of the vocabulary head + cross-entropy (default 1024); "
+                        help="tokens per chunk of the vocabulary head + cross-entropy (default: the model option logits_chunk, 512); "
                              "0 = full logits (as before the chunked loss)")
     parser.add_argument("--activation-checkpointing", default="none", choices=("none", "full", "selective"),
                         help="per-block activation checkpointing, as `ov2 train` applies it")
