@@ -49,8 +49,8 @@ def add_arguments(parser) -> None:
                                                               "from hardware flags (bf16 on Ampere+ GPUs and on CPUs "
                                                               "with AVX-512 BF16 or AMX, else fp32)")
     parser.add_argument("--logits-chunk", type=int, default=None,
-                        help="tokens per chunk of the vocabulary head + cross-entropy (default: the model option logits_chunk, 512); "
-                             "0 = full logits (as before the chunked loss)")
+                        help="tokens per chunk of the vocabulary head + cross-entropy (default: the model option "
+                             "logits_chunk, 512); 0 = full logits (as before the chunked loss)")
     parser.add_argument("--activation-checkpointing", default="none", choices=("none", "full", "selective"),
                         help="per-block activation checkpointing, as `ov2 train` applies it")
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block")
