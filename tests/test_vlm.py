@@ -100,3 +100,16 @@ def test_eval_vlm_bad_lm_is_one_line(tmp_path, capsys):
     assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--lm", str(tmp_path / "none"), *SMALL]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not 'tiny' nor a local Hugging Face model directory" in err
+
+
+def test_stage1_train_lm_trains_the_language_model_in_stage_1(tmp_path, capsys):
+    """--stage1-train-lm: the same first stage-1 step, then a different loss, since the LM moved too."""
+    tiny_checkpoint(tmp_path / "ckpt")
+    stage1 = {}
+    for flag in ([], ["--stage1-train-lm"]):
+        assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), *SMALL, *flag]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["stage1_train_lm"] is bool(flag)
+        stage1[bool(flag)] = result["trained"]["stage1"]
+    assert stage1[True]["first_loss"] == pytest.approx(stage1[False]["first_loss"], rel=1e-6)
+    assert stage1[True]["last_loss"] != pytest.approx(stage1[False]["last_loss"], rel=1e-6)

@@ -30,6 +30,9 @@ def add_vlm_arguments(sub, common) -> None:
                      help=f"projector-only steps on captions (default: {defaults.stage1_steps})")
     vlm.add_argument("--stage2-steps", type=int, default=defaults.stage2_steps,
                      help=f"projector + LM steps on question/answer pairs (default: {defaults.stage2_steps})")
+    vlm.add_argument("--stage1-train-lm", action="store_true",
+                     help="stage 1 trains the LM with the projector (LLaVA trains the projector only; a from-scratch "
+                          "--lm tiny knows no language before stage 1)")
     vlm.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr, help="peak learning rate of stage 1")
     vlm.add_argument("--stage2-lr", type=float, default=defaults.stage2_lr,
                      help="peak learning rate of stage 2 (use ~2e-5 with a pretrained --lm, as LLaVA-1.5 does)")
@@ -47,8 +50,8 @@ def options_from(args) -> VLMOptions:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     return VLMOptions(task=args.task, lm=args.lm, tokens=args.tokens, train_images=args.train_images,
                       test_images=args.test_images, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                      stage1_lr=args.stage1_lr, stage2_lr=args.stage2_lr, batch_size=args.batch_size, seed=args.seed,
-                      shards=args.shards, label_key=args.label_key)
+                      stage1_train_lm=args.stage1_train_lm, stage1_lr=args.stage1_lr, stage2_lr=args.stage2_lr,
+                      batch_size=args.batch_size, seed=args.seed, shards=args.shards, label_key=args.label_key)
 
 
 def run_vlm(args, load, random_twin, device, emit) -> int:
@@ -64,7 +67,8 @@ def run_vlm(args, load, random_twin, device, emit) -> int:
         models["random_init"] = random_twin(model)
     train, test = load_vqa(options, model.config.image_size)
     total = len(models) * (options.stage1_steps + options.stage2_steps)
-    result = {"task": options.task, "lm": options.lm, "tokens": options.tokens, "num_train_images": len(train.images),
+    result = {"task": options.task, "lm": options.lm, "tokens": options.tokens,
+              "stage1_train_lm": options.stage1_train_lm, "num_train_images": len(train.images),
               "num_train_questions": len(train.questions), "num_test_questions": len(test.questions)}
     with tqdm(total=total, desc="eval vlm", disable=args.no_progress or args.json) as progress:
         for name, encoder_model in models.items():

@@ -53,7 +53,7 @@ def evaluate_encoder(model, meta: dict, train: vqa.VQASet, test: vqa.VQASet, opt
     stage1 = StageOptions(options.stage1_steps, options.stage1_lr, options.batch_size)
     stage2 = StageOptions(options.stage2_steps, options.stage2_lr, options.batch_size)
     result = run_protocol(llava, tokenizer, processor, image_tokens, train, test, stage1, stage2, options.seed,
-                          progress)
+                          progress, options.stage1_train_lm)
     result.update(image_tokens=image_tokens, export=fmt,
                   lm_parameters=sum(p.numel() for p in llava.model.language_model.parameters()))
     return result

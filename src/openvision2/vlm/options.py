@@ -14,6 +14,7 @@ class VLMOptions:
     tokens: str = "patch"
     train_images: int = 2000
     test_images: int = 300
+    stage1_train_lm: bool = False  # LLaVA trains only the projector in stage 1; True: the LM too
     stage1_steps: int = 150
     stage2_steps: int = 600
     stage1_lr: float = 1e-3

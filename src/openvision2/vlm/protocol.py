@@ -130,8 +130,10 @@ def answer(llava, encoded: Encoded, pixels: torch.Tensor, questions: list[tuple[
 
 
 def run_protocol(llava, tokenizer, processor, image_tokens: int, train: VQASet, test: VQASet,
-                 stage1: StageOptions, stage2: StageOptions, seed: int = 0, progress=None) -> dict:
-    """Both stages on `train`, then exact-match scores on `test`'s questions."""
+                 stage1: StageOptions, stage2: StageOptions, seed: int = 0, progress=None,
+                 stage1_train_lm: bool = False) -> dict:
+    """Both stages on `train`, then exact-match scores on `test`'s questions. stage1_train_lm: stage 1
+    trains the LM with the projector (a from-scratch tiny LM knows no language otherwise)."""
     encoded = Encoded(tokenizer, image_tokens)
     device = next(p for p in llava.parameters() if p.device.type != "meta").device
     train_pixels = pixel_values(processor, train.images).to(device)
@@ -139,8 +141,9 @@ def run_protocol(llava, tokenizer, processor, image_tokens: int, train: VQASet, 
     language = list(llava.model.language_model.parameters()) + list(llava.lm_head.parameters())
     captions = [(i, CAPTION_PROMPT, c) for i, c in enumerate(train.captions)]
     for p in language:
-        p.requires_grad_(False)
-    first = train_stage(llava, encoded, train_pixels, captions, projector, stage1, seed, progress)
+        p.requires_grad_(stage1_train_lm)
+    first = train_stage(llava, encoded, train_pixels, captions,
+                        projector + (_unique(language) if stage1_train_lm else []), stage1, seed, progress)
     for p in language:
         p.requires_grad_(True)
     qa = [(i, q, a) for i, _, q, a in train.questions]
