@@ -62,7 +62,7 @@ def test_max_batch_trials_reuse_one_worker_and_an_allocation_failure_is_a_miss()
 def test_max_batch_fresh_starts_a_worker_per_trial_and_reads_what_a_fresh_process_reads():
     spec = {"device": "cpu", "precision": "fp32", "warmup": 1, "threads": 1, "method": "openvision2",
             "shape": BenchShape(encoder="mu/8", decoder="mu", image_size=32, vocab_size=64, text_len=12).to_dict()}
-    fresh = PeakProbe({**spec, "live_cpu_peak": True}, fresh=True)  # as --max-batch runs its CPU workers
+    fresh = PeakProbe(spec, fresh=True)
     first = fresh(8)
     assert first > 0 and fresh.worker is None  # nothing is carried into the next trial
     second = fresh(8)

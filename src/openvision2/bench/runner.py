@@ -86,8 +86,9 @@ class PeakProbe:
     training step (bench/worker.py "peak"); a worker killed for memory is replaced by a fresh one."""
 
     def __init__(self, spec: dict, worker: WorkerProcess | None = None, fresh: bool = False):
-        # warm-up at batch 1 creates AdamW's state, which every trial's step then holds, as in training
-        self.spec = {**spec, "shape": {**spec["shape"], "batch_size": 1}, "warmup": 1}
+        # warm-up at batch 1 creates AdamW's state, which every trial's step then holds, as in training;
+        # on CPU the worker reads the live peak (WorkerProcess), not what the allocator kept from earlier steps
+        self.spec = {**spec, "shape": {**spec["shape"], "batch_size": 1}, "warmup": 1, "live_cpu_peak": True}
         self.worker = worker  # a started worker of the same spec may serve the trials (after its warm-up)
         # fresh: a new worker per trial, so that nothing an earlier, larger trial left in the allocator or
         # in oneDNN's per-shape caches is counted (CPU trials with activation checkpointing read unevenly)

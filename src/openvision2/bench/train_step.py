@@ -294,8 +294,8 @@ def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float |
     found = {}
     for method in methods:
         # on CPU a trial may add at most 1.5x the budget before its allocations fail (worker.py)
-        probe = PeakProbe({**base_spec, "method": method, "mem_limit_bytes": int(1.5 * budget_bytes) + 2**29,
-                           "live_cpu_peak": True}, fresh=fresh)
+        probe = PeakProbe({**base_spec, "method": method, "mem_limit_bytes": int(1.5 * budget_bytes) + 2**29},
+                          fresh=fresh)
         try:
             found[method] = find_max_batch(probe, budget_bytes, limit, log, method, tolerance=tolerance)
         except WorkerFailed as err:
