@@ -30,6 +30,12 @@ def shards(folder, captions, out, *extra):
                  *extra])
 
 
+def written(capsys, folder, captions, out, *extra) -> dict:
+    """A successful `ov2 shards` run's JSON summary (samples, skipped reasons, ...)."""
+    assert shards(folder, captions, out, *extra) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def one_line_error(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("ov2 shards: error:")
@@ -69,16 +75,14 @@ def test_truncated_images_that_pass_verify_are_skipped(folder, tmp_path, capsys)
         (folder / f"cut.{ext}").write_bytes(data[:len(data) // 2])  # passes PIL's verify()
     captions = tmp_path / "c.csv"
     captions.write_text("file,caption\n0.jpg,good\ncut.jpg,w\ncut.bmp,x\ncut.gif,y\ncut.tif,z\n")
-    assert shards(folder, captions, tmp_path / "out") == 0
-    result = json.loads(capsys.readouterr().out)
+    result = written(capsys, folder, captions, tmp_path / "out")
     assert result["samples"] == 1 and result["skipped"] == {"unreadable_image": 4}
 
 
 def test_rows_that_are_not_json_objects_are_skipped_and_counted(folder, tmp_path, capsys):
     captions = tmp_path / "c.jsonl"
     captions.write_text('[1, 2]\n{"image": "0.jpg", "caption": "good"}\n"text"\n7\n')
-    assert shards(folder, captions, tmp_path / "out") == 0
-    result = json.loads(capsys.readouterr().out)
+    result = written(capsys, folder, captions, tmp_path / "out")
     assert result["samples"] == 1 and result["skipped"] == {"not_an_object": 3}
 
 
@@ -88,11 +92,9 @@ def test_paths_outside_the_image_folder_are_skipped_unless_allowed(folder, tmp_p
     (folder / "link.jpg").symlink_to(secret)
     captions = tmp_path / "c.csv"
     captions.write_text(f"file,caption\n0.jpg,good\n../secret.jpg,up\n{secret},absolute\nlink.jpg,symlink\n")
-    assert shards(folder, captions, tmp_path / "out") == 0
-    result = json.loads(capsys.readouterr().out)
+    result = written(capsys, folder, captions, tmp_path / "out")
     assert result["samples"] == 1 and result["skipped"] == {"outside_images": 3}
-    assert shards(folder, captions, tmp_path / "out2", "--allow-outside-images") == 0
-    assert json.loads(capsys.readouterr().out)["samples"] == 4
+    assert written(capsys, folder, captions, tmp_path / "out2", "--allow-outside-images")["samples"] == 4
 
 
 def test_bad_out_and_limit_are_one_line(folder, tmp_path, capsys):
