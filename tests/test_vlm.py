@@ -113,3 +113,48 @@ def test_stage1_train_lm_trains_the_language_model_in_stage_1(tmp_path, capsys):
         stage1[bool(flag)] = result["trained"]["stage1"]
     assert stage1[True]["first_loss"] == pytest.approx(stage1[False]["first_loss"], rel=1e-6)
     assert stage1[True]["last_loss"] != pytest.approx(stage1[False]["last_loss"], rel=1e-6)
+
+
+def _vlm_options(*argv):
+    from openvision2.cli import build_parser
+    from openvision2.vlm.command import options_from
+
+    return options_from(build_parser().parse_args(["eval", "vlm", "--checkpoint", "ckpt", *argv]))
+
+
+def test_vlm_presets_pin_their_protocols_and_flags_override_them():
+    """quick = LLaVA-1.5's shape; thorough = the setting measured in docs/BENCHMARKS.md to separate every
+    question type (stage 2 at lr 1e-3 leaves existence at chance there, 3e-4 does not)."""
+    quick = _vlm_options()
+    assert (quick.tokens, quick.stage1_train_lm, quick.stage1_steps, quick.stage2_steps) == ("patch", False, 150, 600)
+    assert (quick.train_images, quick.test_images, quick.stage1_lr, quick.stage2_lr) == (2000, 300, 1e-3, 1e-3)
+    thorough = _vlm_options("--preset", "thorough")
+    assert (thorough.tokens, thorough.stage1_train_lm, thorough.stage1_steps, thorough.stage2_steps) == \
+        ("pooled", True, 300, 6000)
+    assert (thorough.train_images, thorough.test_images, thorough.stage1_lr, thorough.stage2_lr) == \
+        (10000, 600, 1e-3, 3e-4)
+    assert (thorough.lm, thorough.batch_size, thorough.seed) == ("tiny", 32, 0)
+    mine = _vlm_options("--preset", "thorough", "--no-stage1-train-lm", "--tokens", "patch", "--stage2-lr", "5e-4",
+                        "--seed", "3")
+    assert (mine.stage1_train_lm, mine.tokens, mine.stage2_lr, mine.seed, mine.stage2_steps) == \
+        (False, "patch", 5e-4, 3, 6000)
+    assert _vlm_options("--stage1-train-lm").stage1_train_lm is True
+
+
+def test_vlm_json_records_the_preset_and_every_option(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--preset", "thorough", "--tokens", "patch",
+                 *SMALL]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["preset"] == "thorough" and result["tokens"] == "patch"
+    chosen = {k: result["options"][k] for k in ("tokens", "stage1_train_lm", "stage2_lr", "train_images", "stage2_steps")}
+    assert chosen == {"tokens": "patch", "stage1_train_lm": True, "stage2_lr": 3e-4, "train_images": 24,
+                      "stage2_steps": 3}
+    assert result["trained"]["stage1"]["steps"] == 2 and result["trained"]["image_tokens"] == 16
+
+
+def test_vlm_bad_counts_are_one_line(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--train-images", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--train-images must be >= 1" in err

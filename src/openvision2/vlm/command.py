@@ -2,56 +2,57 @@
 
 from __future__ import annotations
 
-from .options import VQA_TASK, VLMOptions
+import argparse
+from dataclasses import asdict, fields, replace
+
+from ..errors import UserError
+from .options import DEFAULT_VLM_PRESET, VLM_PRESETS, VQA_TASK, VLMOptions
 
 HELP = "LLaVA-style evaluation: projector + LM trained on the frozen encoder (via its hf export), VQA accuracy"
 
 
 def add_vlm_arguments(sub, common) -> None:
+    presets = "; ".join(f"{name}: {about}" for name, (about, _) in VLM_PRESETS.items())
     vlm = sub.add_parser("vlm", help=HELP, description=HELP)
     common(vlm)
-    defaults = VLMOptions()
-    vlm.add_argument("--task", default=VQA_TASK,
+    # Protocol flags default to None: the preset fills what the command line leaves out.
+    vlm.add_argument("--preset", default=DEFAULT_VLM_PRESET, choices=list(VLM_PRESETS),
+                     help=f"named protocol, flags below override its fields (default: {DEFAULT_VLM_PRESET}). {presets}")
+    vlm.add_argument("--task", default=None,
                      help=f"{VQA_TASK} (default: attribute, counting, position and existence questions on the "
                           "embedded dataset) or a classification task asked as 'what is this item?' "
                           "(fashion-mnist, imagefolder:DIR, csv:FILE, shards:PATTERN)")
-    vlm.add_argument("--shards", default="", help="Fashion-MNIST shard directory (for --task fashion-mnist)")
-    vlm.add_argument("--label-key", default="label", help="json field holding the label (shards: tasks)")
-    vlm.add_argument("--lm", default="tiny",
+    vlm.add_argument("--shards", default=None, help="Fashion-MNIST shard directory (for --task fashion-mnist)")
+    vlm.add_argument("--label-key", default=None, help="json field holding the label (shards: tasks)")
+    vlm.add_argument("--lm", default=None,
                      help="language model: 'tiny' (a 2-layer Llama from a config, word-level vocabulary learned from "
                           "the instruction data; the CPU default) or a local Hugging Face causal LM directory")
-    vlm.add_argument("--tokens", default="patch", choices=("patch", "pooled"),
+    vlm.add_argument("--tokens", default=None, choices=("patch", "pooled"),
                      help="what the LM sees: every patch token (LLaVA's default) or the one pooled token")
-    vlm.add_argument("--train-images", type=int, default=defaults.train_images,
-                     help=f"images for both training stages (default: {defaults.train_images})")
-    vlm.add_argument("--test-images", type=int, default=defaults.test_images,
-                     help=f"held-out images whose questions are scored (default: {defaults.test_images})")
-    vlm.add_argument("--stage1-steps", type=int, default=defaults.stage1_steps,
-                     help=f"projector-only steps on captions (default: {defaults.stage1_steps})")
-    vlm.add_argument("--stage2-steps", type=int, default=defaults.stage2_steps,
-                     help=f"projector + LM steps on question/answer pairs (default: {defaults.stage2_steps})")
-    vlm.add_argument("--stage1-train-lm", action="store_true",
+    vlm.add_argument("--train-images", type=int, default=None, help="images for both training stages")
+    vlm.add_argument("--test-images", type=int, default=None, help="held-out images whose questions are scored")
+    vlm.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps on captions")
+    vlm.add_argument("--stage2-steps", type=int, default=None, help="projector + LM steps on question/answer pairs")
+    vlm.add_argument("--stage1-train-lm", default=None, action=argparse.BooleanOptionalAction,
                      help="stage 1 trains the LM with the projector (LLaVA trains the projector only; a from-scratch "
                           "--lm tiny knows no language before stage 1)")
-    vlm.add_argument("--stage1-lr", type=float, default=defaults.stage1_lr, help="peak learning rate of stage 1")
-    vlm.add_argument("--stage2-lr", type=float, default=defaults.stage2_lr,
+    vlm.add_argument("--stage1-lr", type=float, default=None, help="peak learning rate of stage 1")
+    vlm.add_argument("--stage2-lr", type=float, default=None,
                      help="peak learning rate of stage 2 (use ~2e-5 with a pretrained --lm, as LLaVA-1.5 does)")
-    vlm.add_argument("--batch-size", type=int, default=defaults.batch_size, help="examples per step of both stages")
-    vlm.add_argument("--seed", type=int, default=0, help="data and initialisation seed (default: 0)")
+    vlm.add_argument("--batch-size", type=int, default=None, help="examples per step of both stages")
+    vlm.add_argument("--seed", type=int, default=None, help="data and initialisation seed")
     vlm.add_argument("--vs-random", action="store_true",
                      help="also evaluate the same encoder architecture randomly initialised, side by side")
     vlm.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def options_from(args) -> VLMOptions:
+    """The preset's options with every field the command line gives replaced."""
+    given = {f.name: getattr(args, f.name) for f in fields(VLMOptions) if getattr(args, f.name, None) is not None}
     for name in ("train_images", "test_images", "batch_size"):
-        if getattr(args, name) < 1:
-            from ..errors import UserError
+        if given.get(name, 1) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    return VLMOptions(task=args.task, lm=args.lm, tokens=args.tokens, train_images=args.train_images,
-                      test_images=args.test_images, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
-                      stage1_train_lm=args.stage1_train_lm, stage1_lr=args.stage1_lr, stage2_lr=args.stage2_lr,
-                      batch_size=args.batch_size, seed=args.seed, shards=args.shards, label_key=args.label_key)
+    return replace(VLM_PRESETS[args.preset][1], **given)
 
 
 def run_vlm(args, load, random_twin, device, emit) -> int:
@@ -67,8 +68,8 @@ def run_vlm(args, load, random_twin, device, emit) -> int:
         models["random_init"] = random_twin(model)
     train, test = load_vqa(options, model.config.image_size)
     total = len(models) * (options.stage1_steps + options.stage2_steps)
-    result = {"task": options.task, "lm": options.lm, "tokens": options.tokens,
-              "stage1_train_lm": options.stage1_train_lm, "num_train_images": len(train.images),
+    result = {"preset": args.preset, "options": asdict(options), "task": options.task, "lm": options.lm,
+              "tokens": options.tokens, "stage1_train_lm": options.stage1_train_lm, "num_train_images": len(train.images),
               "num_train_questions": len(train.questions), "num_test_questions": len(test.questions)}
     with tqdm(total=total, desc="eval vlm", disable=args.no_progress or args.json) as progress:
         for name, encoder_model in models.items():
