@@ -9,6 +9,7 @@ HELP = ("train several methods on the same data, seed and steps (or budget), mea
 
 def add_arguments(parser) -> None:
     from ..compare.options import BUDGETS, EVALS, CompareOptions
+    from ..vlm.options import VLM_PRESETS
 
     d = CompareOptions(methods=[])
     parser.add_argument("--methods", default="openvision2,openvision1,cappa",
@@ -29,11 +30,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-images", type=int, default=d.test_images, help="held-out images of probes and zero-shot")
     parser.add_argument("--attentive-epochs", type=int, default=d.attentive_epochs,
                         help="training epochs of the attentive probe")
-    parser.add_argument("--vlm-train-images", type=int, default=d.vlm_train_images, help="eval vlm: training images")
-    parser.add_argument("--vlm-test-images", type=int, default=d.vlm_test_images, help="eval vlm: held-out images")
-    parser.add_argument("--vlm-stage1-steps", type=int, default=d.vlm_stage1_steps, help="eval vlm: projector steps")
-    parser.add_argument("--vlm-stage2-steps", type=int, default=d.vlm_stage2_steps,
-                        help="eval vlm: projector + LM steps")
+    parser.add_argument("--vlm-preset", default=d.vlm_preset, choices=list(VLM_PRESETS),
+                        help=f"eval vlm's named protocol (default: {d.vlm_preset}; see `ov2 eval vlm --help`)")
+    parser.add_argument("--vlm-train-images", type=int, default=None, help="eval vlm: training images (default: the preset's)")
+    parser.add_argument("--vlm-test-images", type=int, default=None, help="eval vlm: held-out images (default: the preset's)")
+    parser.add_argument("--vlm-stage1-steps", type=int, default=None, help="eval vlm: stage-1 steps (default: the preset's)")
+    parser.add_argument("--vlm-stage2-steps", type=int, default=None,
+                        help="eval vlm: projector + LM steps (default: the preset's)")
     parser.add_argument("--rounds", type=int, default=d.rounds, help="interleaved timing rounds (default: 3)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print compare.json's content on stdout")
@@ -53,7 +56,7 @@ def run(args) -> int:
         budget=args.budget, overrides=args.overrides, evals=[e.strip() for e in args.evals.split(",") if e.strip()],
         task=args.task, shards=args.shards, probe_train_images=args.probe_train_images,
         test_images=args.test_images, attentive_epochs=args.attentive_epochs,
-        vlm_train_images=args.vlm_train_images, vlm_test_images=args.vlm_test_images,
+        vlm_preset=args.vlm_preset, vlm_train_images=args.vlm_train_images, vlm_test_images=args.vlm_test_images,
         vlm_stage1_steps=args.vlm_stage1_steps, vlm_stage2_steps=args.vlm_stage2_steps, rounds=args.rounds,
         progress=not (args.no_progress or args.json))
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from ..vlm.options import VLMOptions
+from ..vlm.options import DEFAULT_VLM_PRESET, VLM_PRESETS, VLMOptions
 
 BUDGETS = ("steps", "wall", "flops")
 EVALS = ("probe", "zeroshot", "vlm")
@@ -23,10 +23,16 @@ class CompareOptions:
     probe_train_images: int = 2000
     test_images: int = 500
     attentive_epochs: int = 30
-    # eval vlm's sizes: its own defaults unless the comparison asks otherwise
-    vlm_train_images: int = VLMOptions.train_images
-    vlm_test_images: int = VLMOptions.test_images
-    vlm_stage1_steps: int = VLMOptions.stage1_steps
-    vlm_stage2_steps: int = VLMOptions.stage2_steps
+    # eval vlm: one of its named protocols, with these sizes replaced where given (None: the preset's)
+    vlm_preset: str = DEFAULT_VLM_PRESET
+    vlm_train_images: int | None = None
+    vlm_test_images: int | None = None
+    vlm_stage1_steps: int | None = None
+    vlm_stage2_steps: int | None = None
     rounds: int = 3
     progress: bool = True
+
+    def vlm_options(self) -> VLMOptions:
+        sizes = {name: getattr(self, f"vlm_{name}") for name in ("train_images", "test_images", "stage1_steps",
+                                                                   "stage2_steps")}
+        return replace(VLM_PRESETS[self.vlm_preset][1], **{k: v for k, v in sizes.items() if v is not None})

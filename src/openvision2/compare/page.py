@@ -122,6 +122,14 @@ def write_page(result: dict, out: Path, name: str = "index.html") -> Path:
                  "machine conditions; 'wall' is the time the runs actually took. Each loss curve is its "
                  "method's own objective (OpenVision 1's adds the contrastive term and predicts the caption "
                  "in parallel), so the curves compare in shape, not in level.</p>")
+    vlm = result.get("vlm_protocol")
+    if vlm and any(m.startswith("vlm/") for m in metrics):
+        preset = result["options"].get("vlm_preset", "quick")
+        parts.append(f"<p>VLM columns: <code>ov2 eval vlm --preset {html.escape(preset)}</code> on every encoder "
+                     f"alike: {vlm['tokens']} tokens, LM {html.escape(vlm['lm'])}"
+                     f"{' (trained in stage 1 too)' if vlm['stage1_train_lm'] else ''}, {vlm['train_images']} "
+                     f"training images, {vlm['stage1_steps']} + {vlm['stage2_steps']} steps at lr "
+                     f"{vlm['stage1_lr']:g} / {vlm['stage2_lr']:g}, {vlm['test_images']} scored images.</p>")
     parts.append(f"{LOADED_MARKER}</body></html>")
     page = out / name
     page.write_text("\n".join(parts), encoding="utf-8")

@@ -152,8 +152,8 @@ def evaluate(run_dir: Path, options: CompareOptions) -> dict:
     from ..eval.zeroshot import zero_shot
 
     settings = {k: getattr(options, k) for k in ("evals", "task", "shards", "probe_train_images", "test_images",
-                                                 "attentive_epochs", "vlm_train_images", "vlm_test_images",
-                                                 "vlm_stage1_steps", "vlm_stage2_steps")}
+                                                 "attentive_epochs")}
+    settings["vlm"] = asdict(options.vlm_options())
     cache = _read_json(run_dir / "compare_eval.json")
     if cache and cache.get("settings") == settings:
         return cache["results"]
@@ -174,10 +174,9 @@ def evaluate(run_dir: Path, options: CompareOptions) -> dict:
         if zs is not None:
             results.update({"zeroshot/top1": zs["top1"], "zeroshot/top5": zs["top5"]})
     if "vlm" in options.evals:
-        from ..vlm.evaluate import VLMOptions, evaluate_encoder, load_vqa
+        from ..vlm.evaluate import evaluate_encoder, load_vqa
 
-        vlm_options = VLMOptions(train_images=options.vlm_train_images, test_images=options.vlm_test_images,
-                                 stage1_steps=options.vlm_stage1_steps, stage2_steps=options.vlm_stage2_steps)
+        vlm_options = options.vlm_options()
         train_set, test_set = load_vqa(vlm_options, size)
         vlm = evaluate_encoder(model, meta, train_set, test_set, vlm_options, torch.device("cpu"))
         results["vlm/overall"] = vlm["overall"]
@@ -242,6 +241,7 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
     result = {"preset": options.preset, "budget": options.budget, "base_steps": options.steps,
               "reference": options.methods[0], "overrides": options.overrides, "task": options.task,
               "options": {k: v for k, v in asdict(options).items() if k != "progress"},
+              "vlm_protocol": asdict(options.vlm_options()),
               "cost_measurement": {k: costs[k] for k in ("device", "precision", "shape", "rounds")},
               "differences": {k: {m: v for m, v in vals.items()} for k, vals in differences(configs).items()},
               "methods": methods, "ratios_vs_reference": ratios}
