@@ -97,3 +97,11 @@ def test_compare_page_renders_in_headless_chromium(compared, tmp_path):
     assert f'data-images-loaded="{expected}/{expected}"' in dom, dom[-2000:]
     assert "openvision1" in dom and "What differs between the runs" in dom
     assert "ov2 eval vlm --preset quick" in dom and "16 training images" in dom
+
+
+def test_compare_refuses_a_bad_evaluation_size_before_training(tmp_path, capsys):
+    assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(tmp_path / "cmp"),
+                 "--vlm-train-images", "0", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--vlm-train-images must be >= 1, got 0" in err
+    assert not (tmp_path / "cmp").exists()

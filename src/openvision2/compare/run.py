@@ -199,6 +199,10 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         raise UserError(f"unknown evaluation {', '.join(sorted(unknown))}: use some of {', '.join(EVALS)}")
     if options.steps < 1:
         raise UserError("--steps must be >= 1")
+    counts = ("probe_train_images", "test_images", "attentive_epochs", "vlm_train_images", "vlm_test_images")
+    for name in counts:  # checked before any training: a bad evaluation size would fail only after it
+        if getattr(options, name) is not None and getattr(options, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     options.overrides = pin_precision(options)
