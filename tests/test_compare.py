@@ -38,19 +38,22 @@ def test_compare_writes_json_with_costs_evals_and_differences(compared):
     assert result["differences"]["method"] == {"openvision2": "openvision2", "openvision1": "openvision1"}
     assert "seed" not in result["differences"] and "encoder" not in result["differences"]
     assert result["ratios_vs_reference"]["openvision2"] == {"time_per_step": 1.0, "memory": 1.0, "flops_per_image": 1.0}
-    # eval vlm's quick preset with the sizes the command gave
+    # eval vlm's thorough preset (compare's default) with the sizes the command gave
     protocol = result["vlm_protocol"]
     assert (protocol["tokens"], protocol["stage2_lr"], protocol["train_images"], protocol["stage2_steps"]) == \
-        ("patch", 1e-3, 16, 2)
+        ("pooled", 3e-4, 16, 2)
 
 
 def test_compare_vlm_preset_fills_what_the_command_leaves_out():
     from openvision2.compare.options import CompareOptions
 
-    thorough = CompareOptions(methods=[], vlm_preset="thorough", vlm_stage2_steps=100).vlm_options()
+    thorough = CompareOptions(methods=[], vlm_stage2_steps=100).vlm_options()
     assert (thorough.tokens, thorough.stage1_train_lm, thorough.stage2_lr, thorough.train_images) == \
         ("pooled", True, 3e-4, 10000)
     assert thorough.stage2_steps == 100
+    quick = CompareOptions(methods=[], vlm_preset="quick").vlm_options()
+    assert (quick.tokens, quick.stage1_train_lm, quick.stage2_lr, quick.train_images, quick.stage2_steps) == \
+        ("patch", False, 1e-3, 2000, 600)
 
 
 def test_compare_reuses_finished_runs(compared, capsys):
@@ -96,7 +99,7 @@ def test_compare_page_renders_in_headless_chromium(compared, tmp_path):
     dom = rendered_dom(page, tmp_path / "profile")
     assert f'data-images-loaded="{expected}/{expected}"' in dom, dom[-2000:]
     assert "openvision1" in dom and "What differs between the runs" in dom
-    assert "ov2 eval vlm --preset quick" in dom and "16 training images" in dom
+    assert "ov2 eval vlm --preset thorough" in dom and "16 training images" in dom
 
 
 def test_compare_refuses_a_bad_evaluation_size_before_training(tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..vlm.options import DEFAULT_VLM_PRESET, VLM_PRESETS, VLMOptions
+from ..vlm.options import VLM_PRESETS, VLMOptions
 
 BUDGETS = ("steps", "wall", "flops")
 EVALS = ("probe", "zeroshot", "vlm")
@@ -23,8 +23,10 @@ class CompareOptions:
     probe_train_images: int = 2000
     test_images: int = 500
     attentive_epochs: int = 30
-    # eval vlm: one of its named protocols, with these sizes replaced where given (None: the preset's)
-    vlm_preset: str = DEFAULT_VLM_PRESET
+    # eval vlm: one of its named protocols, with these sizes replaced where given (None: the preset's).
+    # "thorough", not eval vlm's quick default: under quick no encoder learns the existence questions, so
+    # the comparison would rank encoders on three types only (docs/BENCHMARKS.md, issue 12).
+    vlm_preset: str = "thorough"
     vlm_train_images: int | None = None
     vlm_test_images: int | None = None
     vlm_stage1_steps: int | None = None
