@@ -11,6 +11,12 @@ from .options import DEFAULT_VLM_PRESET, VLM_PRESETS, VQA_TASK, VLMOptions
 HELP = "LLaVA-style evaluation: projector + LM trained on the frozen encoder (via its hf export), VQA accuracy"
 
 
+def _per_preset(name: str) -> str:
+    """' (quick: 2000, thorough: 10000)': what each preset sets a field to, for its --help line."""
+    values = {preset: getattr(options, name) for preset, (_, options) in VLM_PRESETS.items()}
+    return " (" + ", ".join(f"{preset}: {value}" for preset, value in values.items()) + ")"
+
+
 def add_vlm_arguments(sub, common) -> None:
     presets = "; ".join(f"{name}: {about}" for name, (about, _) in VLM_PRESETS.items())
     vlm = sub.add_parser("vlm", help=HELP, description=HELP)
@@ -28,19 +34,19 @@ def add_vlm_arguments(sub, common) -> None:
                      help="language model: 'tiny' (a 2-layer Llama from a config, word-level vocabulary learned from "
                           "the instruction data; the CPU default) or a local Hugging Face causal LM directory")
     vlm.add_argument("--tokens", default=None, choices=("patch", "pooled"),
-                     help="what the LM sees: every patch token (LLaVA's default) or the one pooled token")
-    vlm.add_argument("--train-images", type=int, default=None, help="images for both training stages")
-    vlm.add_argument("--test-images", type=int, default=None, help="held-out images whose questions are scored")
-    vlm.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps on captions")
-    vlm.add_argument("--stage2-steps", type=int, default=None, help="projector + LM steps on question/answer pairs")
+                     help="what the LM sees: every patch token (LLaVA's default) or the one pooled token" + _per_preset("tokens"))
+    vlm.add_argument("--train-images", type=int, default=None, help="images for both training stages" + _per_preset("train_images"))
+    vlm.add_argument("--test-images", type=int, default=None, help="held-out images whose questions are scored" + _per_preset("test_images"))
+    vlm.add_argument("--stage1-steps", type=int, default=None, help="stage-1 steps on captions" + _per_preset("stage1_steps"))
+    vlm.add_argument("--stage2-steps", type=int, default=None, help="projector + LM steps on question/answer pairs" + _per_preset("stage2_steps"))
     vlm.add_argument("--stage1-train-lm", default=None, action=argparse.BooleanOptionalAction,
                      help="stage 1 trains the LM with the projector (LLaVA trains the projector only; a from-scratch "
-                          "--lm tiny knows no language before stage 1)")
-    vlm.add_argument("--stage1-lr", type=float, default=None, help="peak learning rate of stage 1")
+                          "--lm tiny knows no language before stage 1)" + _per_preset("stage1_train_lm"))
+    vlm.add_argument("--stage1-lr", type=float, default=None, help="peak learning rate of stage 1" + _per_preset("stage1_lr"))
     vlm.add_argument("--stage2-lr", type=float, default=None,
-                     help="peak learning rate of stage 2 (use ~2e-5 with a pretrained --lm, as LLaVA-1.5 does)")
-    vlm.add_argument("--batch-size", type=int, default=None, help="examples per step of both stages")
-    vlm.add_argument("--seed", type=int, default=None, help="data and initialisation seed")
+                     help="peak learning rate of stage 2 (use ~2e-5 with a pretrained --lm, as LLaVA-1.5 does)" + _per_preset("stage2_lr"))
+    vlm.add_argument("--batch-size", type=int, default=None, help="examples per step of both stages" + _per_preset("batch_size"))
+    vlm.add_argument("--seed", type=int, default=None, help="data and initialisation seed" + _per_preset("seed"))
     vlm.add_argument("--vs-random", action="store_true",
                      help="also evaluate the same encoder architecture randomly initialised, side by side")
     vlm.add_argument("--no-progress", action="store_true", help="no progress bar")
