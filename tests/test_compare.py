@@ -108,3 +108,11 @@ def test_compare_refuses_a_bad_evaluation_size_before_training(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--vlm-train-images must be >= 1, got 0" in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_out_must_be_a_writable_directory(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    for out, why in ((tmp_path / "a_file", "is a file"), (tmp_path / "a_file" / "sub", "Not a directory")):
+        assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(out), *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err, err

@@ -153,8 +153,22 @@ def test_vlm_json_records_the_preset_and_every_option(tmp_path, capsys):
     assert result["trained"]["stage1"]["steps"] == 2 and result["trained"]["image_tokens"] == 16
 
 
-def test_vlm_bad_counts_are_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("flag, value, message", [
+    ("--train-images", "0", "--train-images must be >= 1"),
+    ("--stage2-steps", "-1", "--stage2-steps must be >= 0, got -1"),
+    ("--stage1-lr", "0", "--stage1-lr must be > 0, got 0.0"),
+    ("--device", "gpu", "unknown --device 'gpu': use cpu or cuda"),
+])
+def test_vlm_bad_settings_are_one_line(tmp_path, capsys, flag, value, message):
     tiny_checkpoint(tmp_path / "ckpt")
-    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--train-images", "0"]) == 2
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), flag, value]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--train-images must be >= 1" in err
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without a GPU")
+def test_eval_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt")
+    assert main(["eval", "probe", "--checkpoint", str(tmp_path / "ckpt"), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torch sees no GPU here: use --device cpu" in err, err

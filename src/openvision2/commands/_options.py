@@ -70,3 +70,25 @@ def apply_eval_keep_ratio(model, ratio: float | None) -> None:
     from ..models.masking import check_keep_ratio
 
     model.config.eval_keep_ratio = check_keep_ratio(ratio)
+
+
+def resolve_device(name: str | None):
+    """--device as a torch.device: None picks cuda when torch sees a GPU; an unknown name or an absent GPU
+    is a one-line error instead of torch's traceback deep inside the first .to()."""
+    import torch
+
+    from ..errors import UserError
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device {name!r}: use cpu or cuda (cuda:N for one GPU)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no GPU here: use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device

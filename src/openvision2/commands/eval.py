@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import caption_accuracy
 from ._options import (add, add_checkpoint, add_decoding, add_eval_keep_ratio, add_json, apply_eval_keep_ratio,
-                       decoding_options)
+                       decoding_options, resolve_device)
 
 NAME = "eval"
 HELP = ("evaluate a caption-trained encoder: zero-shot by caption likelihood, probes, caption metrics, "
@@ -100,9 +100,7 @@ def add_arguments(parser) -> None:
 # --------------------------------------------------------------------------------------------- helpers
 
 def _device(args):
-    import torch
-
-    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve_device(args.device)
 
 
 def _load(args):

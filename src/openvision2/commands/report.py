@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._options import add_decoding, add_json, decoding_options
+from ._options import add_decoding, add_json, decoding_options, resolve_device
 
 NAME = "report"
 HELP = "write an HTML report of a run: training curves, evaluations, held-out images with their captions"
@@ -29,7 +29,8 @@ def run(args) -> int:
 
     if args.images < 0 or args.eval_images < 1:
         raise UserError("--images must be >= 0 and --eval-images >= 1")
-    result = build_report(args.run_dir, args.out, args.images, args.evals, args.device, args.eval_images,
+    device = str(resolve_device(args.device))
+    result = build_report(args.run_dir, args.out, args.images, args.evals, device, args.eval_images,
                           **decoding_options(args))
     if args.json:
         print(json.dumps(result))

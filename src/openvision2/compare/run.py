@@ -204,7 +204,12 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         if getattr(options, name) is not None and getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: pass a directory (it gets one run per method)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, a read-only disk
+        raise UserError(f"--out {out}: cannot make the directory ({err.strerror}): pass a writable directory") from None
     options.overrides = pin_precision(options)
     base = {m: method_config(options.preset, m, options.overrides) for m in options.methods}
     warmup = min(base[options.methods[0]].warmup_steps, max(1, options.steps // 10))

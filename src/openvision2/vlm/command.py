@@ -58,6 +58,12 @@ def options_from(args) -> VLMOptions:
     for name in ("train_images", "test_images", "batch_size"):
         if given.get(name, 1) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("stage1_steps", "stage2_steps"):
+        if given.get(name, 0) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {given[name]}")
+    for name in ("stage1_lr", "stage2_lr"):
+        if given.get(name, 1) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {given[name]}")
     return replace(VLM_PRESETS[args.preset][1], **given)
 
 
