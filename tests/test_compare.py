@@ -116,3 +116,13 @@ def test_compare_out_must_be_a_writable_directory(tmp_path, capsys):
         assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(out), *TINY]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and why in err, err
+
+
+def test_a_second_compare_into_the_same_out_is_refused_at_once(tmp_path, capsys):
+    from openvision2.train.rundir import locked
+
+    with locked(tmp_path / "cmp", "ov2 compare"):  # as a first comparison holds it for its whole life
+        assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(tmp_path / "cmp"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is in use by another ov2 compare" in err, err
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [".lock"]  # nothing measured, trained or written

@@ -188,7 +188,8 @@ def evaluate(run_dir: Path, options: CompareOptions) -> dict:
 # --- all of it -------------------------------------------------------------------------------------------
 
 def run_compare(options: CompareOptions, out: str | Path) -> dict:
-    from .page import write_page
+    """Check the options, then hold OUT for the whole comparison (costs, runs, evaluations, page)."""
+    from ..train.rundir import locked
 
     if options.budget not in BUDGETS:
         raise UserError(f"unknown --budget {options.budget!r}: use one of {', '.join(BUDGETS)}")
@@ -210,6 +211,13 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in the way, no permission, a read-only disk
         raise UserError(f"--out {out}: cannot make the directory ({err.strerror}): pass a writable directory") from None
+    with locked(out, "ov2 compare"):  # two comparisons would race on costs.json and each run's evaluation
+        return _compare(options, out)
+
+
+def _compare(options: CompareOptions, out: Path) -> dict:
+    from .page import write_page
+
     options.overrides = pin_precision(options)
     base = {m: method_config(options.preset, m, options.overrides) for m in options.methods}
     warmup = min(base[options.methods[0]].warmup_steps, max(1, options.steps // 10))
