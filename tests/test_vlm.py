@@ -172,3 +172,14 @@ def test_eval_on_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert main(["eval", "probe", "--checkpoint", str(tmp_path / "ckpt"), "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "torch sees no GPU here: use --device cpu" in err, err
+
+
+def test_eval_vlm_lm_directory_without_weights_is_one_line(tmp_path, capsys):
+    tiny_checkpoint(tmp_path / "ckpt")
+    tokenizer = word_tokenizer(["what is this item ?"])
+    tokenizer.save_pretrained(tmp_path / "lm")
+    LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2).save_pretrained(tmp_path / "lm")  # no weights file
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--lm", str(tmp_path / "lm"), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot load its causal LM" in err, err

@@ -102,15 +102,25 @@ def _language_model(lm: str, texts: list[str], seed: int):
     path = Path(lm)
     if not (path / "config.json").is_file():
         raise UserError(f"--lm {lm}: not 'tiny' nor a local Hugging Face model directory (no config.json there)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = _load_part(lambda: AutoTokenizer.from_pretrained(path), path, "tokenizer")
     if tokenizer.eos_token_id is None:
         raise UserError(f"the tokenizer in {path} has no end-of-sequence token: answers could not end")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = _load_part(lambda: AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), path, "causal LM")
     model.resize_token_embeddings(len(tokenizer))
     return model, tokenizer
+
+
+def _load_part(load, path: Path, what: str):
+    """transformers' loaders raise many kinds of errors with multi-line texts: one line naming the part."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise UserError(f"--lm {path}: cannot load its {what} ({first}): pass a complete Hugging Face "
+                        "causal LM directory (config, weights, tokenizer)") from None
 
 
 def build_llava(tower_dir: Path, strategy: str, tokens: str, lm: str, texts: list[str], seed: int = 0):
