@@ -111,3 +111,16 @@ def test_bad_task_is_one_line(checkpoint, spec, message, capsys):
     assert main(["eval", "zeroshot", "--checkpoint", str(checkpoint), "--task", spec]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+def test_templates_replace_a_built_in_tasks_prompts_without_touching_its_cache(tmp_path):
+    from openvision2.eval.tasks import load_task
+
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a {} on the left\n")
+    own = load_task("synthetic-colour", 32, num_train=8, num_test=8)
+    mine = load_task("synthetic-colour", 32, num_train=8, num_test=8, templates=str(templates))
+    assert mine.prompts == [[f"a {name} on the left"] for name in own.classnames]
+    assert load_task("synthetic-colour", 32, num_train=8, num_test=8).prompts == own.prompts != mine.prompts
+    with pytest.raises(UserError, match="cannot read the templates file"):
+        load_task("synthetic-colour", 32, num_train=8, num_test=8, templates=str(tmp_path / "none.txt"))

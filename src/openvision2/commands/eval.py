@@ -39,8 +39,8 @@ def _task_args(parser) -> None:
                              "classes), or your labelled images: imagefolder:DIR, csv:FILE (file,label rows; "
                              "also .jsonl), shards:PATTERN (label in each json)")
     parser.add_argument("--templates", default="", metavar="FILE",
-                        help='zero-shot prompts for your task: one template per line with "{}" for the class name '
-                             '(default: "a photo of a {}", ...)')
+                        help='zero-shot prompts, one template per line with "{}" for the class name, for any task '
+                             '(default: the task\'s own prompts; "a photo of a {}", ... for your images)')
     parser.add_argument("--label-key", default="label", help="json field holding the label (shards: tasks)")
     parser.add_argument("--shards", default="", help="Fashion-MNIST shard directory (for --task fashion-mnist)")
     parser.add_argument("--test-images", type=int, default=500, help="held-out images")

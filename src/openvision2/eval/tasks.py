@@ -12,7 +12,7 @@ in the shards' caption templates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -143,13 +143,20 @@ def load_task(name: str, image_size: int, *, num_train: int = 2000, num_test: in
         return user_task(name, image_size, num_train=num_train, num_test=num_test, seed=seed, templates=templates,
                          label_key=label_key)
     if name in SYNTHETIC_TASKS:
-        return synthetic_task(name, image_size, num_train, num_test, seed)
-    if name == "fashion-mnist":
+        task = synthetic_task(name, image_size, num_train, num_test, seed)
+    elif name == "fashion-mnist":
         if not shards:
             raise UserError("the fashion-mnist task needs --shards DIR (from `ov2 shards --fashion-mnist`)")
-        return fashion_mnist_task(shards, image_size, num_train, num_test)
-    raise UserError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or imagefolder:DIR, csv:FILE, "
-                    "shards:PATTERN")
+        task = fashion_mnist_task(shards, image_size, num_train, num_test)
+    else:
+        raise UserError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or imagefolder:DIR, csv:FILE, "
+                        "shards:PATTERN")
+    if templates:  # the user's prompts replace the task's own (a copy: the built-in tasks are cached)
+        from .user_tasks import read_templates
+        from .zeroshot import prompts_from_templates
+
+        task = replace(task, prompts=prompts_from_templates(task.classnames, read_templates(templates)))
+    return task
 
 
 # --- held-out captioned images (caption metrics, the report's grid) ---------------------------------
