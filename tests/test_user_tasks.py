@@ -100,7 +100,7 @@ def test_shard_task_reads_the_label_key(folder, tmp_path):
                 writer.write(f"{c}{i:03d}", {"png": data, "json": {"cls": c, "classname": name}})
     task = user_task(f"shards:{tmp_path / 'shards'}", 16, label_key="cls")
     assert task.classnames == ["blue circle", "red square", "white cross"] and len(task.test.labels) == 6
-    with pytest.raises(UserError, match="no 'label' field"):
+    with pytest.raises(UserError, match="no sample's json has 'label': set --label-key"):
         user_task(f"shards:{tmp_path / 'shards'}", 16)
 
 
@@ -124,3 +124,36 @@ def test_templates_replace_a_built_in_tasks_prompts_without_touching_its_cache(t
     assert load_task("synthetic-colour", 32, num_train=8, num_test=8).prompts == own.prompts != mine.prompts
     with pytest.raises(UserError, match="cannot read the templates file"):
         load_task("synthetic-colour", 32, num_train=8, num_test=8, templates=str(tmp_path / "none.txt"))
+
+
+def test_bad_samples_are_skipped_and_counted(folder, checkpoint, tmp_path, capsys):
+    """A corrupt image in a folder, a CSV row naming a missing file, a shard sample with broken json or
+    without the label: each is left out, counted by reason, and the evaluation goes on."""
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(folder, root)
+    (root / "red_square" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    task = user_task(f"imagefolder:{root}", 16, seed=0)
+    assert task.skipped == {"unreadable_image": 1} and len(task.train.labels) + len(task.test.labels) == 30
+
+    table = tmp_path / "labels.csv"
+    table.write_text(f"{folder}/red_square/000.png,red_square\n{tmp_path}/gone.png,blue_circle\n" +
+                     "".join(f"{folder}/{n}/{i:03d}.png,{n}\n" for n in CLASSES for i in range(1, 4)))
+    result = run_json(["eval", "probe", "--checkpoint", str(checkpoint), "--task", f"csv:{table}", "--json",
+                       "--probes", "linear"], capsys)
+    assert result["skipped_samples"] == {"missing_file": 1}
+    assert result["trained"]["num_train"] + result["trained"]["num_test"] == 10  # 11 rows, one missing
+
+    with ShardWriter(tmp_path / "shards", per_shard=64) as writer:
+        for c, name in enumerate(CLASSES):
+            for i in range(4):
+                writer.write(f"{c}{i:03d}", {"png": (folder / name / f"{i:03d}.png").read_bytes(),
+                                             "json": {"label": name}})
+        writer.write("nolabel", {"png": (folder / "red_square" / "005.png").read_bytes(), "json": {"other": 1}})
+        writer.write("badjson", {"png": (folder / "red_square" / "006.png").read_bytes(), "json": b"{not json"})
+    task = user_task(f"shards:{tmp_path / 'shards'}", 16)
+    assert task.skipped == {"missing_label": 1, "bad_json": 1}
+    assert len(task.train.labels) + len(task.test.labels) == 12
+    err = capsys.readouterr().err
+    assert "skipping" in err and "(missing_label)" in err and "(bad_json)" in err

@@ -136,8 +136,10 @@ def _models(args):
 def _task(args, image_size: int, num_train: int = 16):
     from ..eval.tasks import load_task
 
-    return load_task(args.task, image_size, num_train=num_train, num_test=args.test_images, seed=args.seed,
+    task = load_task(args.task, image_size, num_train=num_train, num_test=args.test_images, seed=args.seed,
                      shards=args.shards, templates=args.templates, label_key=args.label_key)
+    args.skipped_samples = task.skipped  # reported by _emit
+    return task
 
 
 def _emit(args, result: dict, lines: list[str]) -> int:
@@ -145,6 +147,10 @@ def _emit(args, result: dict, lines: list[str]) -> int:
 
     result = {**result, "precision": args.resolved_precision, "precision_asked": args.precision}
     lines = [*lines, f"(precision {args.resolved_precision}, asked {args.precision})"]
+    skipped = getattr(args, "skipped_samples", None) or result.get("skipped_samples")
+    if skipped:
+        result["skipped_samples"] = skipped
+        lines.append("(skipped bad samples: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ")")
 
     if args.json:
         print(json.dumps(result))
@@ -154,10 +160,11 @@ def _emit(args, result: dict, lines: list[str]) -> int:
 
 
 def _table(title: str, rows: list[tuple[str, dict]], columns: list[str]) -> list[str]:
-    lines = [title, f"  {'':28s}" + "".join(f"{c:>14s}" for c in columns)]
+    widths = [max(14, len(c) + 2) for c in columns]  # long names (linear_patch_mean) keep a gap
+    lines = [title, f"  {'':28s}" + "".join(f"{c:>{w}s}" for c, w in zip(columns, widths))]
     for name, values in rows:
-        lines.append(f"  {name:28s}" + "".join(f"{values[c]:14.4f}" if isinstance(values.get(c), float)
-                                              else f"{str(values.get(c, '-')):>14s}" for c in columns))
+        lines.append(f"  {name:28s}" + "".join(f"{values[c]:{w}.4f}" if isinstance(values.get(c), float)
+                                              else f"{str(values.get(c, '-')):>{w}s}" for c, w in zip(columns, widths)))
     return lines
 
 

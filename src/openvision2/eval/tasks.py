@@ -42,6 +42,7 @@ class ClassificationTask:
     prompts: list[list[str]]  # per class: the texts whose likelihoods (summed as probabilities) score it
     train: Split  # for probes
     test: Split  # held out: zero-shot and probe accuracy
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples left out, by reason
 
 
 def _noun(shape: str, plural: bool) -> str:

@@ -11,6 +11,8 @@ Class names are the folder / label names ("_" read as a space), sorted; a shard'
 takes its json "classname" (or "class_name") when present. Without a split in the data, a seeded
 shuffle (seed --seed) puts 20% of the images into the test split. Zero-shot prompts are built-in
 caption beginnings ("a photo of a {}", ...) or the lines of a user's templates file.
+A sample that cannot be used (a missing or unreadable image, a shard sample whose json is broken or
+lacks the label) is skipped and counted in the task's `skipped`, which the commands report.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def _table_rows(path: Path) -> list[tuple[object, str, str | None]]:
     return out
 
 
-def _shard_rows(pattern: str, label_key: str) -> list[tuple[object, str, str | None]]:
+def _shard_rows(pattern: str, label_key: str, skipped: dict[str, int]) -> list[tuple[object, str, str | None]]:
     from ..data.shards import expand_shards
     from ..data.tarindex import ShardReader, UnreadableShard, index_shard
 
@@ -123,27 +125,43 @@ def _shard_rows(pattern: str, label_key: str) -> list[tuple[object, str, str | N
             image_ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in members), None)
             if image_ext is None or "json" not in members:
                 continue
-            info = json.loads(reader.read(index, *members["json"]))
-            if label_key not in info:
-                raise UserError(f"{path}: a sample's json has no {label_key!r} field (set --label-key)")
+            try:
+                info = json.loads(reader.read(index, *members["json"]))
+            except ValueError:  # not UTF-8 or not JSON
+                _skip(skipped, "bad_json", f"{path}: a sample's json")
+                continue
+            if not isinstance(info, dict) or info.get(label_key) in (None, ""):
+                _skip(skipped, "missing_label", f"{path}: a sample's json has no {label_key!r}")
+                continue
             label = info[label_key]
             if isinstance(label, int):
                 label = info.get("classname", info.get("class_name", label))
             data = reader.read(index, *members[image_ext])
             out.append((lambda d=data: Image.open(io.BytesIO(d)), str(label), info.get("split")))
     if not out:
-        raise UserError(f"shards:{pattern}: no samples with an image and a json label")
+        hint = f" (no sample's json has {label_key!r}: set --label-key)" if skipped.get("missing_label") else ""
+        raise UserError(f"shards:{pattern}: no samples with an image and a json label{hint}")
     return out
 
 
-def _load(item, size: int) -> torch.Tensor:
+def _skip(skipped: dict[str, int], reason: str, what: str) -> None:
+    """Count a bad sample; the first of each reason is named on stderr, the totals go into the results."""
+    from ..logs import get_logger
+
+    if not skipped.get(reason):
+        get_logger("eval").warning(f"skipping {what} ({reason}); further ones are counted, not named")
+    skipped[reason] = skipped.get(reason, 0) + 1
+
+
+def _load(item, size: int) -> torch.Tensor | str:
+    """The image as uint8 [3, size, size], or why it cannot be read."""
     try:
         with (item() if callable(item) else Image.open(item)) as image:
             return pil_to_uint8(image, size)
     except FileNotFoundError:
-        raise UserError(f"image {item} does not exist") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise UserError(f"cannot read image {item}: {err}") from None
+        return "missing_file"
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return "unreadable_image"
 
 
 def _split(rows, seed: int) -> tuple[list, list]:
@@ -155,12 +173,21 @@ def _split(rows, seed: int) -> tuple[list, list]:
     return [rows[i] for i in sorted(order[cut:])], [rows[i] for i in sorted(order[:cut])]
 
 
-def _images(rows, classes: list[str], size: int, limit: int, seed: int, what: str) -> Split:
+def _images(rows, classes: list[str], size: int, limit: int, seed: int, what: str,
+            skipped: dict[str, int]) -> Split:
     if len(rows) > limit:  # a seeded sample, so a cap does not keep only the first classes
         rows = [rows[i] for i in sorted(random.Random(f"cap/{seed}/{what}").sample(range(len(rows)), limit))]
-    progress = tqdm(rows, desc=f"loading {what} images", disable=len(rows) < PROGRESS_FROM, leave=False)
-    return Split(torch.stack([_load(item, size) for item, _, _ in progress]),
-                 torch.tensor([classes.index(label) for _, label, _ in rows]))
+    images, labels = [], []
+    for item, label, _ in tqdm(rows, desc=f"loading {what} images", disable=len(rows) < PROGRESS_FROM, leave=False):
+        image = _load(item, size)
+        if isinstance(image, str):
+            _skip(skipped, image, f"image {item if not callable(item) else 'in a shard'}")
+            continue
+        images.append(image)
+        labels.append(classes.index(label))
+    if not images:
+        raise UserError(f"none of the {len(rows)} {what} images could be read ({', '.join(sorted(skipped))})")
+    return Split(torch.stack(images), torch.tensor(labels))
 
 
 def user_task(spec: str, image_size: int, *, num_train: int = 2000, num_test: int = 500, seed: int = 0,
@@ -169,8 +196,9 @@ def user_task(spec: str, image_size: int, *, num_train: int = 2000, num_test: in
     kind, _, where = spec.partition(":")
     if kind not in KINDS or not where:
         raise UserError(f"unknown task {spec!r}: a user task is one of {', '.join(k + ':PATH' for k in KINDS)}")
+    skipped: dict[str, int] = {}
     rows = (_imagefolder_rows(Path(where)) if kind == "imagefolder" else _table_rows(Path(where)) if kind == "csv"
-            else _shard_rows(where, label_key))
+            else _shard_rows(where, label_key, skipped))
     classes = sorted({label for _, label, _ in rows})
     if len(classes) < 2:
         raise UserError(f"{spec}: found {len(classes)} class; classification needs at least 2")
@@ -178,6 +206,7 @@ def user_task(spec: str, image_size: int, *, num_train: int = 2000, num_test: in
     if not train_rows or not test_rows:
         raise UserError(f"{spec}: the {'train' if not train_rows else 'test'} split is empty")
     classnames = [c.replace("_", " ") for c in classes]
-    return ClassificationTask(spec, classnames, prompts_from_templates(classnames, read_templates(templates)),
-                              _images(train_rows, classes, image_size, num_train, seed, "train"),
-                              _images(test_rows, classes, image_size, num_test, seed, "test"))
+    prompts = prompts_from_templates(classnames, read_templates(templates))
+    train = _images(train_rows, classes, image_size, num_train, seed, "train", skipped)
+    test = _images(test_rows, classes, image_size, num_test, seed, "test", skipped)
+    return ClassificationTask(spec, classnames, prompts, train, test, skipped)

@@ -83,6 +83,8 @@ def run_vlm(args, load, random_twin, device, emit) -> int:
     result = {"preset": args.preset, "options": asdict(options), "task": options.task, "lm": options.lm,
               "tokens": options.tokens, "stage1_train_lm": options.stage1_train_lm, "num_train_images": len(train.images),
               "num_train_questions": len(train.questions), "num_test_questions": len(test.questions)}
+    if train.skipped:
+        result["skipped_samples"] = train.skipped
     with tqdm(total=total, desc="eval vlm", disable=args.no_progress or args.json) as progress:
         for name, encoder_model in models.items():
             result[name] = evaluate_encoder(encoder_model, meta, train, test, options, device, progress)

@@ -30,8 +30,10 @@ def load_vqa(options: VLMOptions, image_size: int) -> tuple[vqa.VQASet, vqa.VQAS
     if task.name == "fashion-mnist":
         from ..data.fashion_mnist import captions_for
         captions_of = captions_for
-    return (vqa.classification_vqa(task.train.images, task.train.labels, task.classnames, options.seed, captions_of),
-            vqa.classification_vqa(task.test.images, task.test.labels, task.classnames, options.seed + 1, captions_of))
+    train = vqa.classification_vqa(task.train.images, task.train.labels, task.classnames, options.seed, captions_of)
+    train.skipped = task.skipped  # the task's count covers both splits
+    return train, vqa.classification_vqa(task.test.images, task.test.labels, task.classnames, options.seed + 1,
+                                         captions_of)
 
 
 def evaluate_encoder(model, meta: dict, train: vqa.VQASet, test: vqa.VQASet, options: VLMOptions,

@@ -39,6 +39,7 @@ class VQASet:
     images: torch.Tensor  # uint8 [N, 3, S, S]
     captions: list[str]
     questions: list[tuple[int, str, str, str]] = field(default_factory=list)  # (image index, type, question, answer)
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples of the source task, by reason
 
     def types(self) -> list[str]:
         return list(dict.fromkeys(t for _, t, _, _ in self.questions))
