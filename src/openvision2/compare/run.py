@@ -200,10 +200,11 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         raise UserError(f"unknown evaluation {', '.join(sorted(unknown))}: use some of {', '.join(EVALS)}")
     if options.steps < 1:
         raise UserError("--steps must be >= 1")
-    counts = ("probe_train_images", "test_images", "attentive_epochs", "vlm_train_images", "vlm_test_images")
-    for name in counts:  # checked before any training: a bad evaluation size would fail only after it
-        if getattr(options, name) is not None and getattr(options, name) < 1:
+    # evaluation settings are checked before any training: a bad one would fail only after it
+    for name in ("probe_train_images", "test_images", "attentive_epochs"):
+        if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
+    options.vlm_options().check(flag_prefix="vlm-")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file: pass a directory (it gets one run per method)")

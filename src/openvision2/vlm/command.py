@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, fields, replace
 
-from ..errors import UserError
 from .options import DEFAULT_VLM_PRESET, VLM_PRESETS, VQA_TASK, VLMOptions
 
 HELP = "LLaVA-style evaluation: projector + LM trained on the frozen encoder (via its hf export), VQA accuracy"
@@ -55,16 +54,7 @@ def add_vlm_arguments(sub, common) -> None:
 def options_from(args) -> VLMOptions:
     """The preset's options with every field the command line gives replaced."""
     given = {f.name: getattr(args, f.name) for f in fields(VLMOptions) if getattr(args, f.name, None) is not None}
-    for name in ("train_images", "test_images", "batch_size"):
-        if given.get(name, 1) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("stage1_steps", "stage2_steps"):
-        if given.get(name, 0) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {given[name]}")
-    for name in ("stage1_lr", "stage2_lr"):
-        if given.get(name, 1) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {given[name]}")
-    return replace(VLM_PRESETS[args.preset][1], **given)
+    return replace(VLM_PRESETS[args.preset][1], **given).check()
 
 
 def run_vlm(args, load, random_twin, device, emit) -> int:

@@ -24,6 +24,18 @@ class VLMOptions:
     shards: str = ""
     label_key: str = "label"
 
+    def check(self, flag_prefix: str = "") -> VLMOptions:
+        """One line naming the flag (`--{flag_prefix}train-images`, ...) of the first impossible value."""
+        from ..errors import UserError
+
+        bounds = {"train_images": (1, ">="), "test_images": (1, ">="), "batch_size": (1, ">="),
+                  "stage1_steps": (0, ">="), "stage2_steps": (0, ">="), "stage1_lr": (0, ">"), "stage2_lr": (0, ">")}
+        for name, (bound, op) in bounds.items():
+            value = getattr(self, name)
+            if not (value > bound if op == ">" else value >= bound):
+                raise UserError(f"--{flag_prefix}{name.replace('_', '-')} must be {op} {bound}, got {value}")
+        return self
+
 
 # Named protocols; command-line flags override any field. Measured on the default tiny-cpu checkpoint in
 # docs/BENCHMARKS.md ("ov2 eval vlm on the default checkpoint").
