@@ -86,16 +86,16 @@ def log(message: str) -> None:
 def resolve(args):
     import torch
 
+    from ..commands._options import resolve_device
     from ..errors import UserError
     from ..flops import default_decoder
     from ..models.registry import decoder_size, parse_encoder_name
     from .methods import BenchShape, check_method
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {args.device!r}: use cpu, cuda or auto")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no GPU is visible to torch")
+    resolved = resolve_device(None if args.device == "auto" else args.device)
+    if resolved.index is not None:  # workers are spawned per method and each takes the current GPU
+        raise UserError(f"--device {args.device}: use cpu, cuda or auto (CUDA_VISIBLE_DEVICES picks the GPU)")
+    device = resolved.type
     if args.threads:  # the matmul probe then runs on as many threads as each worker
         torch.set_num_threads(args.threads)
     from ..precision import resolve_precision_name
