@@ -52,3 +52,11 @@ def setup_logging(command: str = "", level: int = logging.INFO) -> None:
 def get_logger(name: str) -> logging.Logger:
     """The logger of a part of the package, e.g. get_logger("train") -> "openvision2.train"."""
     return logging.getLogger(f"{ROOT}.{name}")
+
+
+def count_skipped(log: logging.Logger, skipped: dict[str, int], reason: str, what: str) -> None:
+    """Count one bad sample under `reason`; the first of each reason is named as a warning, the rest are
+    only counted (the caller reports the totals), so a bad dataset cannot flood the terminal."""
+    if not skipped.get(reason):
+        log.warning("skipping %s (%s); further ones like it are counted, not logged", what, reason)
+    skipped[reason] = skipped.get(reason, 0) + 1

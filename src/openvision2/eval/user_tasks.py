@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..logs import count_skipped, get_logger
 from ..preprocess import pil_to_uint8
 from .tasks import ClassificationTask, Split
 from .zeroshot import prompts_from_templates
@@ -38,6 +39,7 @@ TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a clos
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TEST_SHARE = 0.2
 PROGRESS_FROM = 500  # images: loading more than this shows a progress bar
+log = get_logger("eval")
 
 
 def is_user_task(name: str) -> bool:
@@ -128,10 +130,10 @@ def _shard_rows(pattern: str, label_key: str, skipped: dict[str, int]) -> list[t
             try:
                 info = json.loads(reader.read(index, *members["json"]))
             except ValueError:  # not UTF-8 or not JSON
-                _skip(skipped, "bad_json", f"{path}: a sample's json")
+                count_skipped(log, skipped, "bad_json", f"{path}: a sample's json")
                 continue
             if not isinstance(info, dict) or info.get(label_key) in (None, ""):
-                _skip(skipped, "missing_label", f"{path}: a sample's json has no {label_key!r}")
+                count_skipped(log, skipped, "missing_label", f"{path}: a sample's json without {label_key!r}")
                 continue
             label = info[label_key]
             if isinstance(label, int):
@@ -142,15 +144,6 @@ def _shard_rows(pattern: str, label_key: str, skipped: dict[str, int]) -> list[t
         hint = f" (no sample's json has {label_key!r}: set --label-key)" if skipped.get("missing_label") else ""
         raise UserError(f"shards:{pattern}: no samples with an image and a json label{hint}")
     return out
-
-
-def _skip(skipped: dict[str, int], reason: str, what: str) -> None:
-    """Count a bad sample; the first of each reason is named on stderr, the totals go into the results."""
-    from ..logs import get_logger
-
-    if not skipped.get(reason):
-        get_logger("eval").warning(f"skipping {what} ({reason}); further ones are counted, not named")
-    skipped[reason] = skipped.get(reason, 0) + 1
 
 
 def _load(item, size: int) -> torch.Tensor | str:
@@ -181,7 +174,7 @@ def _images(rows, classes: list[str], size: int, limit: int, seed: int, what: st
     for item, label, _ in tqdm(rows, desc=f"loading {what} images", disable=len(rows) < PROGRESS_FROM, leave=False):
         image = _load(item, size)
         if isinstance(image, str):
-            _skip(skipped, image, f"image {item if not callable(item) else 'in a shard'}")
+            count_skipped(log, skipped, image, f"image {item if not callable(item) else 'in a shard'}")
             continue
         images.append(image)
         labels.append(classes.index(label))

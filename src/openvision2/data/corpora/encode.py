@@ -15,6 +15,8 @@ import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+from ...logs import count_skipped
+
 log = logging.getLogger("openvision2.data")
 
 COPIED_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}  # stored as they are; others become PNG
@@ -91,9 +93,7 @@ def write_corpus(rows: Iterable[dict], out: str, prefix: str = "shard", per_shar
             bar.update()
             if result[0] == "skip":
                 _, reason, detail = result
-                if not skipped[reason]:
-                    log.warning("skipped %s (%s); further rows like it are counted, not logged", detail, reason)
-                skipped[reason] += 1
+                count_skipped(log, skipped, reason, detail)
                 continue
             _, ext, data, caption, meta = result
             writer.write(f"{first_key + written:09d}", {ext: data, "txt": caption, "json": meta})
