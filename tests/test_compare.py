@@ -126,3 +126,41 @@ def test_a_second_compare_into_the_same_out_is_refused_at_once(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is in use by another ov2 compare" in err, err
     assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [".lock"]  # nothing measured, trained or written
+
+
+def test_sigterm_to_the_process_group_stops_the_comparison_and_the_same_command_resumes(tmp_path, capsys):
+    """A signal during a method's training: the run saves and the comparison exits 75 without evaluating or
+    reporting the partial run; the same command then resumes that run from its checkpoint and finishes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from openvision2.train.faults import PREEMPTED_EXIT
+    from scaleout_helpers import TEST_ENV, losses
+
+    out = tmp_path / "cmp"
+    argv = ["compare", "--methods", "openvision2", "--steps", "600", "--out", str(out), "--evals", "probe",
+            *SMALL_EVALS, *TINY, "log_every=1"]
+    process = subprocess.Popen([sys.executable, "-m", "openvision2.cli", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, **TEST_ENV},
+                               start_new_session=True)
+    run = out / "openvision2-600steps"
+    deadline = time.monotonic() + 120
+    while not ((run / "metrics.jsonl").is_file() and any(s >= 2 for s in losses(run))):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)  # as scancel does
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == PREEMPTED_EXIT == 75, stderr
+    assert "Traceback" not in stderr and "openvision2-600steps stopped by a signal" in stderr
+    assert not (out / "compare.json").exists() and not (run / "compare_eval.json").exists()
+    stopped_at = max(losses(run))
+    assert 2 <= stopped_at < 600
+
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"at step {stopped_at}" in capsys.readouterr().out  # resumed, not restarted
+    result = json.loads((out / "compare.json").read_text())
+    assert result["methods"]["openvision2"]["steps"] == 600 and max(losses(run)) == 600

@@ -49,7 +49,8 @@ def run(args) -> int:
     import sys
 
     from ..compare.options import CompareOptions
-    from ..compare.run import run_compare
+    from ..compare.run import ComparisonStopped, run_compare
+    from ..train.faults import PREEMPTED_EXIT
 
     options = CompareOptions(
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=args.preset, steps=args.steps,
@@ -59,8 +60,12 @@ def run(args) -> int:
         vlm_preset=args.vlm_preset, vlm_train_images=args.vlm_train_images, vlm_test_images=args.vlm_test_images,
         vlm_stage1_steps=args.vlm_stage1_steps, vlm_stage2_steps=args.vlm_stage2_steps, rounds=args.rounds,
         progress=not (args.no_progress or args.json))
-    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        result = run_compare(options, args.out)
+    try:
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            result = run_compare(options, args.out)
+    except ComparisonStopped as stop:  # exit as `ov2 train` does when preempted: schedulers see it unfinished
+        print(f"ov2 compare: {stop}; its checkpoint is saved: run the same command to continue", file=sys.stderr)
+        return PREEMPTED_EXIT
     if args.json:
         print(json.dumps(result))
         return 0

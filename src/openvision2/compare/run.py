@@ -99,10 +99,19 @@ def train_method(config, run_dir: Path, progress: bool) -> dict:
         if latest == config.steps:
             return {**state, "steps": config.steps, "reused": True}
     start = time.perf_counter()
-    train(config, run_dir, progress=progress, resume=saved is not None)
-    state = {"wall_s": state["wall_s"] + time.perf_counter() - start, "steps": config.steps, "reused": False}
+    summary = train(config, run_dir, progress=progress, resume=saved is not None)
+    wall_s = state["wall_s"] + time.perf_counter() - start
+    if summary.get("stopped") == "preempted":  # the loop saved a checkpoint: the next call resumes it
+        _write_json(state_path, {"wall_s": wall_s})
+        raise ComparisonStopped(f"{run_dir.name} stopped by a signal")
+    state = {"wall_s": wall_s, "steps": config.steps, "reused": False}
     _write_json(state_path, state)
     return state
+
+
+class ComparisonStopped(Exception):
+    """A method's training was stopped by SIGTERM/SIGINT after saving: nothing is evaluated or reported
+    from a partial run; the same command resumes it."""
 
 
 def check_same_run(config, run_dir: Path, ignore: tuple[str, ...] = ()) -> dict | None:
