@@ -74,6 +74,13 @@ class QueryCaptionDecoder(BlockStack):
         return self.head(self.hidden(visual, text_tokens))
 
 
+def _accept_scalar_logit_scale(state_dict, prefix, *_) -> None:
+    """Checkpoints written before logit_scale had shape [1] hold it as a 0-dim tensor: same value."""
+    value = state_dict.get(f"{prefix}logit_scale")
+    if value is not None and value.dim() == 0:
+        state_dict[f"{prefix}logit_scale"] = value.reshape(1)
+
+
 class OpenVision1(nn.Module):
     def __init__(self, config: OpenVision1Config, device=None):
         super().__init__()
@@ -85,7 +92,9 @@ class OpenVision1(nn.Module):
         self.text_encoder = TextEncoder(text_size, config.vocab_size, config.alt_text_len, embed_dim, device=device)
         self.decoder = QueryCaptionDecoder(decoder_size(config.decoder), self.encoder.embed_dim, text_size.width,
                                            config.vocab_size, config.text_len, device=device)
-        self.logit_scale = nn.Parameter(torch.empty((), device=device))
+        # Shape [1], not a 0-dim scalar: FSDP2 shards every parameter along dim 0 and refuses scalars.
+        self.logit_scale = nn.Parameter(torch.empty(1, device=device))
+        self._register_load_state_dict_pre_hook(_accept_scalar_logit_scale)
         if device is None or torch.device(device).type != "meta":
             self._init_own_parameters()
 
@@ -117,7 +126,7 @@ class OpenVision1(nn.Module):
         image_emb = F.normalize(self.image_head(pooled), dim=-1)
         text_pooled, text_tokens = self.text_encoder(torch.cat([alt_captions, sub_captions]))
         alt_emb, sub_emb = F.normalize(text_pooled, dim=-1).chunk(2)
-        log_scale = self.logit_scale  # not clamped, as released; max_logit_scale=100 gives CLIP's clamp
+        log_scale = self.logit_scale[0]  # not clamped, as released; max_logit_scale=100 gives CLIP's clamp
         if cfg.max_logit_scale:
             log_scale = log_scale.clamp(max=math.log(cfg.max_logit_scale))
         scale = log_scale.exp()

@@ -14,6 +14,7 @@ so a run's randomness does not depend on how many ranks share the batch, and a r
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from .faults import BadStepGuard, PreemptionFlag
 from .init_from import load_init_weights, tokenizer_source
 from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
-from .parallel import initialize_weights, no_gradient_sync, parallelize, resolve_parallel, unwrap
+from .parallel import materialize, no_gradient_sync, parallelize, resolve_parallel, unwrap
 
 logger = get_logger("train")
 
@@ -96,6 +97,18 @@ def micro_seed(seed: int, step: int, micro: int) -> int:
 def loss_tokens(batch: dict, pad_id: int) -> int:
     """Caption tokens that count in the loss: the same mask the models use (DESIGN.md §3.3)."""
     return int(caption_targets(batch["captions"], pad_id)[2].sum())
+
+
+TRACE_SAMPLES = "OV2_TRACE_SAMPLES"  # a directory: every rank logs the samples it trains on there
+
+
+def trace_samples(directory: str, step: int, micro: list[dict], world: World) -> None:
+    """One line per step in DIRECTORY/rank-R.jsonl: the step, torchrun's restart count, the time and the
+    keys of this rank's samples (shards name them), for scripts/scale_check.sh to compare across resumes."""
+    record = {"step": step, "attempt": world.restart_count, "time": time.time(),
+              "keys": [key for batch in micro for key in batch.get("keys", ())]}
+    with open(Path(directory) / f"rank-{world.rank:05d}.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def periodic_evals(model, tokenizer: CaptionTokenizer, config: TrainConfig, device, dtype) -> dict[str, float]:
@@ -179,13 +192,15 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
 
     # --- model: built (on meta for 1B+ models), wrapped in one place, then initialised ---
     model = build_model(config.model, tokenizer, device="meta" if par.meta_init else None)
-    if not par.meta_init:
-        model.to(device)
+    # FSDP shards the meta model, then materialises each rank's shards only; DDP (which broadcasts
+    # rank 0's weights when it wraps) and a single process need the whole model on the device first.
+    shard_first = par.meta_init and parallel == "fsdp"
+    if not shard_first:
+        materialize(model, device) if par.meta_init else model.to(device)
     wrapped = parallelize(model, parallel, activation_checkpointing=par.activation_checkpointing,
                           compile=par.compile, param_dtype=dtype, device=device)
-    if par.meta_init:
-        model.to_empty(device=device)
-        initialize_weights(model)
+    if shard_first:
+        materialize(model, device)
     if run.init_from and resume_from is None:
         log(load_init_weights(run.init_from, wrapped, model.encoder, config))
     optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps)
@@ -238,7 +253,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
 
     flops = train_flops_per_sample(model_config)
     peak_tflops = device_peak_tflops(device, run.peak_tflops)
-    stream = iter(batches)
+    stream, trace = iter(batches), os.environ.get(TRACE_SAMPLES)
     bar = tqdm(range(start_step + 1, optim.steps + 1), disable=not (progress and world.is_main), desc="train",
                dynamic_ncols=True, initial=start_step, total=optim.steps)
     window, preempted, step = Window(), False, start_step
@@ -249,6 +264,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
             started = time.perf_counter()
             micro = [next(stream) for _ in range(par.grad_accum)]
             data_seconds = time.perf_counter() - started
+            if trace:
+                trace_samples(trace, step, micro, world)
             local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), float(sigterm.raised)],
                                  dtype=torch.float64, device=device)
             global_tokens, stop = all_reduce_sum(local, world).tolist()

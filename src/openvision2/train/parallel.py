@@ -151,3 +151,9 @@ def initialize_weights(model: nn.Module) -> None:
             visit(child)
 
     visit(model)
+
+
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """A model built on the meta device (or its FSDP shards) allocated on `device` and initialised."""
+    model.to_empty(device=device)
+    initialize_weights(model)

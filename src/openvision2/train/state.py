@@ -336,9 +336,12 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, worl
         if not any(key.startswith(f"optim.state.{name}.") for key in saved_keys):
             del optim_state["state"][name]
     state = {"model": model_state, "optim": {"state": optim_state["state"]}}
+    scalar_views = _saved_scalar_views(state, read_metadata(directory / SHARDS).state_dict_metadata)
     try:
         with single_process_quiet():
             dcp.load(state, storage_reader=SafeReader(directory / SHARDS), planner=TensorsOnlyPlanner())
+        for parent, key, vector in scalar_views:
+            parent[key] = vector  # loaded in place through its view
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, optimizer, {**state["optim"], "param_groups": optim_state["param_groups"]},
                                  options=StateDictOptions(strict=False))
@@ -351,6 +354,22 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, worl
     train_state = torch.load(own if own.is_file() else directory / "rank-00000.pt", weights_only=True)
     set_rng_state(train_state.pop("rng"))
     return train_state
+
+
+def _saved_scalar_views(state: dict, saved: dict, prefix: str = "") -> list[tuple[dict, str, torch.Tensor]]:
+    """A tensor saved 0-dim where the model now has shape [1] (OpenVision 1's logit_scale and its
+    optimizer moments, before FSDP2 support) is loaded through a 0-dim view of the same storage:
+    swaps those views into `state` and returns (dict, key, original) to put back after loading."""
+    swapped = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            swapped += _saved_scalar_views(value, saved, f"{name}.")
+        elif (type(value) is torch.Tensor and value.shape == (1,) and name in saved
+              and tuple(getattr(saved[name], "size", (1,))) == ()):
+            state[key] = value.view(())
+            swapped.append((state, key, value))
+    return swapped
 
 
 def load_weights_from(path: str | Path, model: torch.nn.Module) -> Path:
