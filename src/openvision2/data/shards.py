@@ -499,8 +499,8 @@ class ShardDataset(IterableDataset):
                 if not batch or (len(batch) < self.batch_size and self.drop_last):
                     return
                 out = self.collate(batch) if self.collate is not None else {
-                    "images": torch.stack([s["image"] for s in batch]), "texts": [s["caption"] for s in batch],
-                    "keys": [f"{s['shard']}:{s['key']}" for s in batch]}
+                    "images": torch.stack([s["image"] for s in batch]), "texts": [s["caption"] for s in batch]}
+                out["keys"] = [f"{s['shard']}:{s['key']}" for s in batch]  # which samples (OV2_TRACE_SAMPLES)
                 out["data_state"] = (stream.slot, stream.num_slots, stream.state())
                 yield out
         finally:
