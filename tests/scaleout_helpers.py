@@ -54,6 +54,20 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoints / (checkpoints / "latest").read_text().strip() / "model.safetensors")
 
 
+def rewind_to(run_dir: Path, step: int) -> None:
+    """The run as it was right after its step-`step` checkpoint (what a kill just after it leaves)."""
+    import shutil
+
+    checkpoints = Path(run_dir) / "checkpoints"
+    for later in checkpoints.glob("step-*"):
+        if int(later.name.removeprefix("step-")) > step:
+            shutil.rmtree(later)
+    (checkpoints / "latest").write_text(f"step-{step:07d}\n")
+    metrics = Path(run_dir) / "metrics.jsonl"
+    records = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
+    metrics.write_text("\n".join(records) + "\n")
+
+
 def run_jobs(rank: int, world_size: int, port: int, jobs: list[tuple[dict, str]]) -> None:
     """Spawned worker: train each (config fields, out dir) job as rank `rank` of `world_size`."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",

@@ -26,7 +26,8 @@ tensorboard""".split()
 BAD = ["base_lr=inf", "base_lr=nan", "base_lr=0", "caption_loss_weight=nan", "caption_loss_weight=-1",
        "beta1=1", "beta1=-0.1", "beta2=1.5", "eps=0", "num_workers=-1", "warmup_steps=-1", "weight_decay=-0.1",
        "bpe_vocab_size=0", "keep_ratio=0", "keep_ratio=1.5", "steps=0", "batch_size=0", "image_size=0",
-       "text_len=2", "train_samples=0", "eval_every=0", "grad_accum=0", "peak_tflops=inf", "parallel_prob=2",
+       "text_len=2", "train_samples=0", "eval_every=0", "grad_accum=-1", "micro_batch=0",
+       "micro_batch=x", "micro_batch=2.5", "peak_tflops=inf", "parallel_prob=2",
        "dataset=imagenet", "tokenizer=sentencepiece", "precision=fp16", "parallel=tp", "decoder_mask=full",
        "method=clip", "evals=bleu", "model.keep_ratio=0", "optim.eps=-1"]
 

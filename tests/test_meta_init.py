@@ -4,33 +4,20 @@ under DDP (which must receive a materialised model). Old checkpoints with a 0-di
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from openvision2.train.config import TrainConfig
-from scaleout_helpers import end_worker, final_weights, free_port, losses, spawn, tiny_config
+from scaleout_helpers import end_worker, final_weights, free_port, losses, rewind_to, spawn, tiny_config
 
 
 def ov1_config(**changes) -> TrainConfig:
     return tiny_config(method="openvision1", text_encoder="mu", alt_text_len=8, **changes)
-
-
-def _rewind_to(run: Path, step: int) -> None:
-    """The run as it was right after its step-`step` checkpoint (what a kill just after it leaves)."""
-    checkpoints = run / "checkpoints"
-    for later in checkpoints.glob("step-*"):
-        if int(later.name.removeprefix("step-")) > step:
-            shutil.rmtree(later)
-    (checkpoints / "latest").write_text(f"step-{step:07d}\n")
-    records = [line for line in (run / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= step]
-    (run / "metrics.jsonl").write_text("\n".join(records) + "\n")
 
 
 def _meta_init_runs(rank: int, world_size: int, port: int, out: str) -> None:
@@ -48,7 +35,7 @@ def _meta_init_runs(rank: int, world_size: int, port: int, out: str) -> None:
         train(fsdp, root / "whole", progress=False)
         if rank == 0:
             shutil.copytree(root / "whole", root / "resumed")
-            _rewind_to(root / "resumed", 2)
+            rewind_to(root / "resumed", 2)
         dist.barrier()
         train(fsdp, root / "resumed", progress=False, resume=True)
         train(tiny_config(parallel="ddp", meta_init=True, steps=2), root / "ddp", progress=False)
@@ -100,7 +87,7 @@ def test_a_checkpoint_with_a_scalar_logit_scale_still_loads(tmp_path):
     config = ov1_config(steps=2, ckpt_every=1, keep_checkpoints=2)
     train(config, tmp_path / "whole", progress=False)
     shutil.copytree(tmp_path / "whole", tmp_path / "old")
-    _rewind_to(tmp_path / "old", 1)
+    rewind_to(tmp_path / "old", 1)
     old = tmp_path / "old" / "checkpoints" / "step-0000001"
     weights = load_file(old / "model.safetensors")
     assert weights["logit_scale"].shape == (1,)

@@ -53,7 +53,11 @@ class ParallelConfig:
 
     strategy: str = option("auto", "auto (ddp with >1 rank, else none), none, ddp or fsdp (FSDP2 per block)",
                            choices=PARALLEL_STRATEGIES, alias="parallel")
-    grad_accum: int = option(1, "micro-batches per step and rank; batch_size stays the global batch", low=1)
+    micro_batch: str = option("auto", "images per device per forward: auto (a GPU: the largest that fits its "
+                              "memory, by `ov2 plan`; a CPU: the rank's whole share) or a number; recorded, "
+                              "reused on resume")
+    grad_accum: int = option(0, "micro-batches per step and rank (fixes micro_batch = batch_size / (ranks x "
+                             "grad_accum)); 0 = follows from micro_batch", low=0)
     activation_checkpointing: str = option("none", "per block: none, full, or selective (keeps matmul outputs)",
                                            choices=ACTIVATION_CHECKPOINTING)
     compile: bool = option(False, "torch.compile each transformer block")
@@ -61,6 +65,16 @@ class ParallelConfig:
     precision: str = option("auto", "auto (bf16 where the hardware computes it natively: Ampere+ GPUs, CPUs with "
                             "AVX-512 BF16 or AMX; else fp32; recorded in the run and reused on resume), bf16 or fp32",
                             choices=PRECISIONS)
+
+    def fixed_micro_batch(self) -> int | None:
+        """micro_batch as given: None for auto, else a positive integer (an override arrives as text)."""
+        if self.micro_batch == "auto":
+            return None
+        text = str(self.micro_batch)
+        if isinstance(self.micro_batch, bool) or not text.isdigit() or int(text) < 1:
+            raise UserError(f"micro_batch must be auto or a positive integer (images per device per forward), "
+                            f"got {self.micro_batch!r}")
+        return int(text)
 
 
 @dataclass
@@ -188,6 +202,7 @@ class TrainConfig:
                 section.validate()  # the declared ranges, plus their own checks (names, evaluations)
             else:
                 check_fields(section)
+        self.parallel.fixed_micro_batch()
         return self
 
     def to_dict(self) -> dict:

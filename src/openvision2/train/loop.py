@@ -1,7 +1,7 @@
 """`ov2 train`: data -> model -> loss -> AdamW -> metrics/checkpoints, on one process or under torchrun.
 
-One step = `grad_accum` micro-batches per rank. The objective is the token mean of the caption loss
-over the whole global batch (DESIGN.md §3.4): each micro-batch backpropagates its summed token loss times
+One step = `grad_accum` micro-batches of `micro_batch` images per rank (train/batching.py). The
+objective is the token mean of the caption loss over the whole global batch (DESIGN.md §3.4): each micro-batch backpropagates its summed token loss times
 world_size / (global token count, all-reduced before the forward), which DDP's and FSDP's gradient
 averaging turns into exactly that mean; 1 rank x 4 micro-batches and 2 ranks x 2 give the same
 gradients. A method whose loss has parts besides the token mean (OpenVision 1's contrastive loss)
@@ -22,8 +22,7 @@ import torch
 from tqdm import tqdm
 
 from .. import durable
-from ..data.build import (CaptionCollate, build_from_config, build_tokenizer, fixed_batch, micro_batch_size,
-                          train_batches)
+from ..data.build import CaptionCollate, build_from_config, build_tokenizer, fixed_batch, train_batches
 from ..errors import UserError
 from ..generate import greedy_caption
 from ..logs import get_logger, setup_logging
@@ -34,6 +33,7 @@ from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
 from . import rundir, state as ckpt
 from .config import TrainConfig
+from .batching import device_memory_gib, requested_split, split_batch
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .factory import build_model
 from .faults import BadStepGuard, PreemptionFlag
@@ -71,7 +71,7 @@ def check_config(config: TrainConfig, world: World) -> None:
     """Everything that can be checked before the (possibly slow) tokenizer and dataset are built."""
     config.validate()
     check_data(config)
-    micro_batch_size(config.optim.batch_size, world.world_size, config.parallel.grad_accum)
+    requested_split(config, world.world_size)
     resolve_parallel(config.parallel.strategy, world.world_size)
 
 
@@ -162,7 +162,11 @@ def resolve_choices(config: TrainConfig, out_dir: Path, world: World, resume: bo
     chosen = rundir.reconcile(requested, automatic, previous, out_dir)
     threads = int(previous.get("threads", torch.get_num_threads()))
     rundir.apply_threads(threads)
-    return {**chosen, "threads": threads, "world_size": world.world_size}
+    # The micro-batch from this run's own record only: a recipe's next stage has its own batch and size.
+    own = rundir.recorded(out_dir) if resume else {}
+    split = split_batch(config, world.world_size, device_memory_gib(world.device), own.get("micro_batch"))
+    return {**chosen, "threads": threads, "world_size": world.world_size, "micro_batch": split.micro_batch,
+            "grad_accum": split.grad_accum, "batch_split": split.describe()}
 
 
 def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, resume: bool, inherit: dict) -> dict:
@@ -173,8 +177,9 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     dtype, parallel = DTYPES[resolved["precision"]], resolved["parallel"]
     # progress messages from rank 0 only (logs.py routes them around the progress bar)
     log = logger.info if world.is_main else (lambda *a, **k: None)
-    log(f"run {out_dir}: precision {resolved['precision']} (asked {par.precision}), parallel {parallel} "
-        f"(asked {par.strategy}), {resolved['threads']} threads, {world.world_size} rank(s)")
+    accum = resolved["grad_accum"]
+    log(f"run {out_dir}: {resolved['batch_split']}; precision {resolved['precision']} (asked {par.precision}), "
+        f"parallel {parallel} (asked {par.strategy}), {resolved['threads']} threads, {world.world_size} rank(s)")
     resume_from = ckpt.latest_checkpoint(checkpoints, warn=log) if resume else None
     if resume and resume_from is None and checkpoints.is_dir():
         log(f"no checkpoint in {checkpoints} yet: starting from scratch")
@@ -211,7 +216,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     # This rank's micro-batches, endlessly: an iterable with state_dict() / load_state_dict() (saved
     # in every checkpoint, per rank) and optionally bad_samples() -> {reason: count} (logged).
     batches = train_batches(config.data, train_set, collate, batch_size=optim.batch_size,
-                            micro_batches=par.grad_accum, rank=world.rank, world_size=world.world_size, seed=run.seed)
+                            micro_batches=accum, rank=world.rank, world_size=world.world_size, seed=run.seed)
     val_batch = fixed_batch(val_set, collate, config.data.val_samples)
     # FSDP's forward must run on every rank; the plain module serves evaluation otherwise.
     eval_model = wrapped if parallel == "fsdp" else unwrap(wrapped)
@@ -262,7 +267,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         for step in bar:
             # --- the step's micro-batches, and the global token count that normalises the loss ---
             started = time.perf_counter()
-            micro = [next(stream) for _ in range(par.grad_accum)]
+            micro = [next(stream) for _ in range(accum)]
             data_seconds = time.perf_counter() - started
             if trace:
                 trace_samples(trace, step, micro, world)
@@ -274,12 +279,12 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
             set_lr(optimizer, optim.peak_lr * warmup_cosine(step - 1, optim.warmup_steps, optim.steps))
             nll_total = torch.zeros((), device=device, dtype=torch.float64)
             for i, batch in enumerate(micro):
-                torch.manual_seed(micro_seed(run.seed, step, world.rank * par.grad_accum + i))
+                torch.manual_seed(micro_seed(run.seed, step, world.rank * accum + i))
                 images = normalize(batch["images"].to(device, non_blocking=True))
-                with no_gradient_sync(wrapped, i < par.grad_accum - 1):
+                with no_gradient_sync(wrapped, i < accum - 1):
                     with autocast(device, dtype):
                         out = wrapped(images, **model_inputs(batch, device))
-                    objective(out, optim.caption_loss_weight, token_scale, par.grad_accum).backward()
+                    objective(out, optim.caption_loss_weight, token_scale, accum).backward()
                 nll_total += out["nll_sum"].detach().double()
                 if step == start_step + 1 and i == 0 and int(out["num_tokens"]) != loss_tokens(batch, tokenizer.pad_id):
                     raise UserError(f"method {model_config.method!r} counts {int(out['num_tokens'])} loss tokens where the "
