@@ -33,9 +33,10 @@ def caption_nll(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tens
     """The vocabulary head and the masked caption cross-entropy, in one place.
 
     hidden [B, T, D] (after the final LayerNorm), targets and mask [B, T] -> {nll_sum, num_tokens,
-    loss}. The head and the cross-entropy run in chunks of chunk_tokens tokens without ever
-    holding the full [tokens, vocab] logits (models/chunked_ce.py); chunk_tokens=0 forms the full
-    logits. Both give the same loss and gradients."""
+    loss}. The head and the cross-entropy run in chunks without ever holding the full [tokens, vocab]
+    logits (models/chunked_ce.py: chunk_tokens tokens a chunk on a CPU; on CUDA 4,096 with a compiled
+    chunk body and no host sync); chunk_tokens=0 forms the full logits. All give the same loss and
+    gradients."""
     nll_sum, num_tokens = vocab_nll(hidden, head.weight, targets, mask, chunk_tokens)
     return {"loss": nll_sum / (num_tokens + 1e-8), "nll_sum": nll_sum, "num_tokens": num_tokens}
 
