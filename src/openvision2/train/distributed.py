@@ -46,10 +46,21 @@ def init_world() -> World:
     else:
         device = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30),
-                                device_id=device if device.type == "cuda" else None)
+        backend, timeout = "nccl" if device.type == "cuda" else "gloo", datetime.timedelta(minutes=30)
+        dist.init_process_group(backend, timeout=timeout, store=_attempt_store(world_size, timeout), rank=rank,
+                                world_size=world_size, device_id=device if device.type == "cuda" else None)
     return World(rank, world_size, local_rank, device)
+
+
+def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun, the agent's store seen through this attempt's prefix. The agent keeps one store
+    for all its restarts (torch 2.14): without the prefix, restarted workers can read the addresses
+    their killed predecessors published and fail to connect ("Connection refused" in gloo's mesh)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None  # env:// as usual (srun, a hand-set MASTER_ADDR, or torchrun's non-shared store)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    return dist.PrefixStore(f"attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
