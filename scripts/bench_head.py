@@ -7,8 +7,8 @@ VARIANT: 0 = full logits; N = the compacting path (the CPU's) in N-token chunks;
 static path (on CUDA: 4,096-token chunks, compiled chunk body); static:N = the static path in N-token
 chunks (compiled on CUDA, eager elsewhere); liger = liger-kernel's fused linear cross-entropy
 (`pip install --no-deps liger-kernel==0.8.5`, CUDA only). Default: 0 1024. --keep: the share of tokens
-inside the loss mask (caption pads are outside). On CUDA each variant's peak allocated memory is printed
-too, and every variant's loss, which must agree."""
+inside the loss mask (caption pads are outside). Every variant's loss is printed (they must agree), and
+on CUDA its peak allocated memory and its first host sync (torch.cuda.set_sync_debug_mode), or none."""
 
 import argparse
 import statistics
@@ -77,9 +77,25 @@ def main() -> None:
         hidden.grad = weight.grad = None
         return seconds, float(nll_sum.detach()), torch.cuda.max_memory_allocated() if cuda else 0
 
+    def first_host_sync(name: str) -> str:
+        """"none", or the first operation in the variant's forward + backward that waits for the GPU."""
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                nll_sum = losses[name](hidden, weight, targets, mask)
+            nll_sum.backward()
+            return "none"
+        except RuntimeError as error:
+            return str(error).strip().splitlines()[0]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            hidden.grad = weight.grad = None
+
     for name in names:  # warm-up (and compilation)
         _, loss, peak = once(name)
-        print(f"{name}: loss {loss:.6g}" + (f", peak allocated {peak / 2 ** 30:.3f} GiB" if cuda else ""))
+        print(f"{name}: loss {loss:.6g}" + (f", peak allocated {peak / 2 ** 30:.3f} GiB, host syncs: "
+                                             f"{first_host_sync(name)}" if cuda else ""))
     times = {name: [] for name in names}
     for r in range(args.repeats):  # interleaved, the order reversed every other round
         for name in (names if r % 2 == 0 else names[::-1]):

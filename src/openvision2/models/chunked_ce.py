@@ -38,6 +38,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils._triton as triton_check
 
 # 512 x 32,000 fp32 logits = 66 MB per chunk. 1024 is < 1% of a step faster but holds 0.08 GiB more at
 # the peak; 256 saves ~0.04 GiB more but costs 2.4% (docs/BENCHMARKS.md, issue 14). CPU only.
@@ -95,9 +96,7 @@ def loss_path(device: torch.device, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) ->
         return LossPath("compacting", chunk_tokens, None,
                         f"{device.type}: the masked tokens' rows gathered first (nonzero, free off a GPU), "
                         f"{chunk_tokens}-token chunks")
-    from torch.utils._triton import has_triton_package
-
-    if not has_triton_package():
+    if not triton_check.has_triton_package():
         reason = ("cuda without Triton: the chunk body runs eagerly (same results, several times its memory "
                   "traffic); install the triton build that matches torch to compile it")
         _warn_once(reason)
