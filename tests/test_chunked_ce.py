@@ -110,7 +110,7 @@ def test_the_cpu_gets_the_compacting_path_and_cuda_the_static_compiled_one():
     assert DEFAULT_CHUNK_TOKENS == 512 and CUDA_CHUNK_TOKENS == 4096
     cuda = loss_path(torch.device("cuda"), 64)  # torch.compile is lazy: nothing runs on a GPU here
     assert (cuda.name, cuda.chunk_tokens) == ("static", CUDA_CHUNK_TOKENS)
-    assert cuda.body is not chunk_nll_and_grad and "compiled" in cuda.reason
+    assert isinstance(cuda.body, chunked_ce.CompiledBody) and "compiled" in cuda.reason
 
 
 def test_cuda_without_triton_runs_the_chunk_body_eagerly_and_says_why(monkeypatch):
@@ -155,3 +155,34 @@ def test_the_chunk_body_compiles_whole_and_gives_the_same_values():
         if need_grad:
             torch.testing.assert_close(got[1], want[1])
             assert not got[1][~mask].any()
+
+
+def test_a_failed_compilation_falls_back_to_the_eager_body_once_and_says_why():
+    logits, targets = torch.randn(4, VOCAB), torch.randint(0, VOCAB, (4,))
+    mask = torch.tensor([True, False, True, True])
+    calls = []
+
+    def cannot_compile(*args):
+        calls.append(args)
+        raise torch._dynamo.exc.BackendCompilerFailed(cannot_compile, RuntimeError("no C compiler found"), None)
+
+    body = chunked_ce.CompiledBody()
+    body.compiled = cannot_compile
+    chunked_ce._warn_once.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = body(logits, targets, mask, True), body(logits, targets, mask, True)
+    want = chunk_nll_and_grad(logits, targets, mask, True)
+    for got in (first, second):
+        torch.testing.assert_close(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1])
+    assert len(calls) == 1 and len(caught) == 1  # not retried, said once
+    assert "torch.compile failed" in str(caught[0].message) and "no C compiler found" in str(caught[0].message)
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    body = chunked_ce.CompiledBody()
+    body.compiled = out_of_memory
+    with pytest.raises(torch.OutOfMemoryError):  # only a failed compilation falls back
+        body(logits, targets, mask, True)

@@ -78,15 +78,34 @@ def chunk_nll_and_grad(logits: torch.Tensor, targets: torch.Tensor, mask: torch.
 
 
 @functools.cache
-def _compiled_body() -> Callable:
-    # dynamic=None: the first shape is compiled static; a second one (the last, shorter chunk; an eval
-    # batch) marks the token dimension dynamic instead of compiling once per shape.
-    return torch.compile(chunk_nll_and_grad, fullgraph=True)
-
-
-@functools.cache
 def _warn_once(reason: str) -> None:
     warnings.warn(f"vocabulary loss: {reason}", stacklevel=4)
+
+
+class CompiledBody:
+    """chunk_nll_and_grad compiled; if compiling fails (say, no C compiler for Triton's launcher on the
+    machine), the eager body from then on, said once: a slower first run rather than a crash at step 1."""
+
+    def __init__(self):
+        # dynamic=None: the first shape is compiled static; a second one (the last, shorter chunk; an eval
+        # batch) marks the token dimension dynamic instead of compiling once per shape.
+        self.compiled = torch.compile(chunk_nll_and_grad, fullgraph=True)
+        self.failed = False
+
+    def __call__(self, *args):
+        if not self.failed:
+            try:
+                return self.compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:
+                self.failed = True
+                inner = getattr(error, "inner_exception", error)
+                reason = f"{type(inner).__name__}: {(str(inner).strip().splitlines() or [''])[0]}"
+                _warn_once(f"torch.compile failed ({reason}): the chunk body runs eagerly (same results, "
+                           "several times its memory traffic)")
+        return chunk_nll_and_grad(*args)
+
+
+_compiled_body = functools.cache(CompiledBody)
 
 
 def loss_path(device: torch.device, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> LossPath:
