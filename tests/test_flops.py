@@ -9,7 +9,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from openvision2.cli import main
-from openvision2.flops import PUBLISHED_GFLOPS, count, default_decoder, encoder_count
+from openvision2.flops import PUBLISHED_GFLOPS, default_decoder, encoder_count
+from openvision2.methods import count_flops
 from openvision2.models import ModelConfig, OpenVision2, create_encoder
 from openvision2.models.cappa import CapPa, CapPaConfig
 from openvision2.models.openvision1 import OpenVision1, OpenVision1Config
@@ -18,7 +19,7 @@ from openvision2.models.openvision1 import OpenVision1, OpenVision1Config
 @pytest.mark.parametrize("key", list(PUBLISHED_GFLOPS))
 def test_reproduces_the_papers_flops_per_image_within_3_percent(key):
     method, encoder, res = key
-    gflops = count(ModelConfig(method=method, encoder=encoder, decoder=default_decoder(encoder), image_size=res)).total_flops / 1e9
+    gflops = count_flops(ModelConfig(method=method, encoder=encoder, decoder=default_decoder(encoder), image_size=res)).total_flops / 1e9
     assert abs(gflops / PUBLISHED_GFLOPS[key] - 1) < 0.03, (key, gflops)
 
 
@@ -31,7 +32,7 @@ def test_published_figures_and_assumed_decoders_are_the_specs():
 
 def test_spec_worked_example_parts():
     """DESIGN.md §5.4: OV2-L/14@224 = encoder 162.0 + decoder 38.4 + projection 0.14 + head 6.24."""
-    parts = count(ModelConfig(method="openvision2", encoder="L/14", decoder="L", image_size=224)).flops
+    parts = count_flops(ModelConfig(method="openvision2", encoder="L/14", decoder="L", image_size=224)).flops
     assert parts["encoder"] / 1e9 == pytest.approx(162.0, abs=0.1)
     assert parts["decoder"] / 1e9 == pytest.approx(38.4 + 0.14, abs=0.1)
     assert parts["vocab_head"] / 1e9 == pytest.approx(6.24, abs=0.01)
@@ -52,7 +53,7 @@ def test_encoder_parameter_counts_match_the_family(encoder, low, high):
 def test_full_size_parameter_counts_equal_the_built_models(method):
     model = (OpenVision2(ModelConfig(), device="meta") if method == "openvision2"
              else OpenVision1(OpenVision1Config(), device="meta"))
-    assert count(ModelConfig(method=method, encoder="L/14", decoder="L", image_size=224)).total_params == sum(p.numel() for p in model.parameters())
+    assert count_flops(ModelConfig(method=method, encoder="L/14", decoder="L", image_size=224)).total_params == sum(p.numel() for p in model.parameters())
 
 
 def _tiny(method):
@@ -79,7 +80,7 @@ def test_analytic_count_equals_torchs_flop_counter(method):
         inputs += [torch.randint(3, 60, (batch, 8)), torch.randint(3, 60, (batch, 8))]
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         model(*inputs)
-    expected = count(shape, text_passes)
+    expected = count_flops(shape, text_passes)
     assert expected.total_params == sum(p.numel() for p in model.parameters())
     contrastive = 2 * 2 * (2 * batch * batch * 32) if method == "openvision1" else 0  # 2 sets x 2 directions
     assert counter.get_total_flops() == batch * expected.total_flops + contrastive

@@ -15,7 +15,7 @@ from transformers import AutoModel
 
 from openvision2.checkpoint import load_checkpoint, save_checkpoint
 from openvision2.cli import main
-from openvision2.flops import count
+from openvision2.methods import count_flops
 from openvision2.generate import greedy_caption
 from openvision2.interop import export_checkpoint
 from openvision2.models import ModelConfig, OpenVision2, create_encoder
@@ -56,7 +56,7 @@ def test_model_trains_and_captions_at_384_over_14():
     loss.backward()
     assert torch.isfinite(loss)
     assert len(greedy_caption(model.eval(), tokenizer, images)) == 2  # 255 of 729 tokens decoded
-    flops = count(ModelConfig(encoder="So400m/14", decoder="So400m", image_size=SIZE)).to_dict()
+    flops = count_flops(ModelConfig(encoder="So400m/14", decoder="So400m", image_size=SIZE)).to_dict()
     assert flops["decoder_tokens"] == {"visual": 255, "text": 127}
 
 

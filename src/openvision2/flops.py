@@ -64,7 +64,7 @@ def transformer_flops(size: Size, tokens: int) -> int:
 
 @dataclass
 class Count:
-    """FLOPs and parameters of one model (a ModelConfig; text_passes as count()'s), per part."""
+    """FLOPs and parameters of one model (a ModelConfig; text_passes as methods.count_flops's), per part."""
 
     config: ModelConfig
     text_passes: int = 1
@@ -81,13 +81,11 @@ class Count:
         return sum(self.params.values())
 
     def to_dict(self) -> dict:
-        from .methods import get_method
-
         s = self.config
         return {
             "method": s.method, "encoder": s.encoder, "decoder": s.decoder, "image_size": s.image_size,
             **({"text_encoder": s.text_encoder or s.decoder, "text_passes": self.text_passes}
-               if get_method(s.method).has_text_encoder else {"keep_ratio": s.keep_ratio}),
+               if self.params.get("text_encoder") else {"keep_ratio": s.keep_ratio}),
             "gflops_per_image": self.total_flops / 1e9,
             "gflops_per_part": {k: v / 1e9 for k, v in self.flops.items()},
             "params": self.total_params,
@@ -108,18 +106,6 @@ def encoder_count(encoder: str, image_size: int) -> tuple[int, int, int, Size]:
     # bias-free patch conv, CLS token, blocks, the pooled vector's LayerNorm
     params = patch_in * size.width + size.width + size.depth * layer_params(size) + 2 * size.width
     return flops, params, patches, size
-
-
-def count(config: ModelConfig, text_passes: int = 1) -> Count:
-    """The analytic count of a model, by its method (methods.py); text_passes: texts per image
-    through a text encoder (OpenVision 1: 1 as the paper counts, 2 in a training step)."""
-    from .methods import get_method
-
-    method = get_method(config.method)
-    config = method.model_config(config)
-    if config.image_size < 1:
-        raise UserError(f"image size must be positive, got {config.image_size}")
-    return method.flops(config, text_passes)
 
 
 def _start(config: ModelConfig, text_passes: int) -> tuple[Count, int, Size, Size, int]:

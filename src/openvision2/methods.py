@@ -3,7 +3,9 @@ differently indexes (the model factory, checkpoint loading, the batch, decoding,
 
 A method is chosen by ModelConfig.method, which each config.json records. Adding a method is one
 `register(Method(...))` with its config class, model class, the batch fields it needs beside images
-and captions (data/build.py CaptionCollate), how it captions, and its analytic FLOPs (flops.py).
+and captions (data/build.py CaptionCollate), how it captions, and its analytic FLOPs (flops.py), and its
+name in models/config.py METHOD_NAMES (what a config may name, checked without building anything).
+This module sits above the models and flops.py: they never look methods up here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from . import flops
 from .errors import UserError
+from .models.cappa import CapPa, CapPaConfig
+from .models.config import ModelConfig
+from .models.openvision1 import OpenVision1, OpenVision1Config
+from .models.openvision2 import OpenVision2
 
 AUTOREGRESSIVE = "autoregressive"  # left to right, with greedy, beam and sampled decoding (generate.py)
 PARALLEL = "parallel"  # every position at once from learned queries (OpenVision 1); greedy only
@@ -48,14 +55,12 @@ def register(method: Method) -> Method:
 
 
 def get_method(name: str) -> Method:
-    _register_builtin()
     if name not in METHODS:
         raise UserError(f"unknown method {name!r}: use one of {', '.join(METHODS)}")
     return METHODS[name]
 
 
 def all_methods() -> tuple[str, ...]:
-    _register_builtin()
     return tuple(METHODS)
 
 
@@ -78,26 +83,20 @@ def for_tokenizer(config, tokenizer):
     return replace(config, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, mask_id=mask_id)
 
 
-_registered = False
+def count_flops(config, text_passes: int = 1) -> flops.Count:
+    """The analytic count of a model (flops.py), by its method; text_passes: texts per image through a
+    text encoder (OpenVision 1: 1 as the paper counts, 2 in a training step)."""
+    method = get_method(config.method)
+    config = method.model_config(config)
+    if config.image_size < 1:
+        raise UserError(f"image size must be positive, got {config.image_size}")
+    return method.flops(config, text_passes)
 
 
-def _register_builtin() -> None:
-    """The three methods of this repository (imported on first use, so that the config and the CLI
-    can name methods without importing torch)."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    from . import flops
-    from .models.cappa import CapPa, CapPaConfig
-    from .models.config import ModelConfig
-    from .models.openvision1 import OpenVision1, OpenVision1Config
-    from .models.openvision2 import OpenVision2
-
-    register(Method("openvision2", "the paper: keep 35% of the visual tokens, causal caption decoder",
-                    ModelConfig, OpenVision2, flops.captioner_count))
-    register(Method("openvision1", "the DESIGN.md §6 baseline: text encoder, CLIP losses, parallel caption decoder",
-                    OpenVision1Config, OpenVision1, flops.openvision1_count,
-                    batch_fields=("alt_captions", "sub_captions"), decoding=PARALLEL, train_text_passes=2))
-    register(Method("cappa", "the DESIGN.md §5.3 ablation: every visual token kept, optional parallel prediction",
-                    CapPaConfig, CapPa, flops.captioner_count, fixed={"keep_ratio": 1.0}))
+register(Method("openvision2", "the paper: keep 35% of the visual tokens, causal caption decoder",
+                ModelConfig, OpenVision2, flops.captioner_count))
+register(Method("openvision1", "the DESIGN.md §6 baseline: text encoder, CLIP losses, parallel caption decoder",
+                OpenVision1Config, OpenVision1, flops.openvision1_count,
+                batch_fields=("alt_captions", "sub_captions"), decoding=PARALLEL, train_text_passes=2))
+register(Method("cappa", "the DESIGN.md §5.3 ablation: every visual token kept, optional parallel prediction",
+                CapPaConfig, CapPa, flops.captioner_count, fixed={"keep_ratio": 1.0}))

@@ -238,8 +238,7 @@ def summarize(base_spec: dict, times: dict, reports: dict, peak: float) -> dict:
     """Per-method figures (median step, memory, MFU, counted and analytic FLOPs) and ratios to OV2."""
     from dataclasses import replace
 
-    from ..flops import count
-    from ..methods import get_method
+    from ..methods import count_flops, get_method
     from ..models.config import ModelConfig
     from .methods import BenchShape
 
@@ -261,7 +260,7 @@ def summarize(base_spec: dict, times: dict, reports: dict, peak: float) -> dict:
         }
         if method != "coca":  # the analytic count of `ov2 flops` for the same step (both OV1 texts)
             model_config = replace(ModelConfig.from_dict(shape.to_dict()), method=method)
-            analytic = count(model_config, get_method(method).train_text_passes)
+            analytic = count_flops(model_config, get_method(method).train_text_passes)
             results[method]["gflops_per_image_analytic"] = analytic.total_flops / 1e9
     ref = results.get("openvision2")
     ratios = {}

@@ -55,10 +55,11 @@ def shape_from_args(args):
 
 
 def run(args) -> int:
-    from ..flops import PUBLISHED_GFLOPS, count, default_decoder
+    from ..flops import PUBLISHED_GFLOPS, default_decoder
+    from ..methods import count_flops
 
     shape, decoder_assumed = shape_from_args(args)
-    result = count(shape, args.text_passes)
+    result = count_flops(shape, args.text_passes)
     shape = result.config
     out = result.to_dict()
     out["decoder_assumed"] = decoder_assumed

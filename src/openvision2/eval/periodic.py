@@ -19,7 +19,8 @@ from ..methods import AUTOREGRESSIVE, method_of
 from .caption_metrics import caption_metrics
 from .config import EVALS, EvalConfig, parse_evals
 from .probe import run_probes
-from .tasks import CaptionSet, ClassificationTask, load_task, shard_captions, synthetic_captions
+from .task_data import ClassificationTask
+from .tasks import CaptionSet, load_task, shard_captions, synthetic_captions
 from .zeroshot import zero_shot
 
 __all__ = ["EVALS", "HeldOut", "captions_for", "parse_evals", "run_evals", "task_for"]

@@ -21,28 +21,14 @@ import torch
 
 from ..data import synthetic
 from ..errors import UserError
+from .task_data import ClassificationTask, Split
+from .user_tasks import is_user_task, read_templates, user_task
+from .zeroshot import prompts_from_templates
 
 SYNTHETIC_TASKS = ("synthetic-object", "synthetic-colour", "synthetic-shape")
 TASKS = (*SYNTHETIC_TASKS, "fashion-mnist")
 # How a single group's caption can begin: count word and size ("three large" does not occur).
 _OPENINGS = (("a", "small", False), ("a", "large", False), ("two", "small", True), ("three", "small", True))
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8 [N, 3, S, S]
-    labels: torch.Tensor  # long [N]
-    skipped: dict[str, int] = field(default_factory=dict)  # bad samples passed over, by reason
-
-
-@dataclass
-class ClassificationTask:
-    name: str
-    classnames: list[str]
-    prompts: list[list[str]]  # per class: the texts whose likelihoods (summed as probabilities) score it
-    train: Split  # for probes
-    test: Split  # held out: zero-shot and probe accuracy
-    skipped: dict[str, int] = field(default_factory=dict)  # bad samples left out, by reason
 
 
 def _noun(shape: str, plural: bool) -> str:
@@ -138,8 +124,6 @@ def fashion_mnist_task(shard_dir: str, image_size: int, num_train: int = 2000, n
 
 def load_task(name: str, image_size: int, *, num_train: int = 2000, num_test: int = 500, seed: int = 0,
               shards: str = "", templates: str = "", label_key: str = "label") -> ClassificationTask:
-    from .user_tasks import is_user_task, user_task
-
     if is_user_task(name):  # imagefolder:DIR, csv:FILE, shards:PATTERN (eval/user_tasks.py)
         return user_task(name, image_size, num_train=num_train, num_test=num_test, seed=seed, templates=templates,
                          label_key=label_key)
@@ -153,9 +137,6 @@ def load_task(name: str, image_size: int, *, num_train: int = 2000, num_test: in
         raise UserError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or imagefolder:DIR, csv:FILE, "
                         "shards:PATTERN")
     if templates:  # the user's prompts replace the task's own (a copy: the built-in tasks are cached)
-        from .user_tasks import read_templates
-        from .zeroshot import prompts_from_templates
-
         task = replace(task, prompts=prompts_from_templates(task.classnames, read_templates(templates)))
     return task
 

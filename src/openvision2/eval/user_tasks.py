@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from ..logs import count_skipped, get_logger
 from ..preprocess import pil_to_uint8
-from .tasks import ClassificationTask, Split
+from .task_data import ClassificationTask, Split
 from .zeroshot import prompts_from_templates
 
 KINDS = ("imagefolder", "csv", "shards")

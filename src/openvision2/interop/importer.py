@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..models.openvision2 import OpenVision2
 from ..preprocess import Preprocess
+from .loading import load_failure
 
 SOURCES = ("open_clip", "timm", "hf")
 
@@ -44,17 +45,6 @@ def detect_source(directory: str | Path) -> str:
         return "hf"
     raise UserError(f"{directory} has neither open_clip_config.json nor a timm / transformers config.json: "
                     "not a directory ov2 import can read")
-
-
-def load_failure(err: Exception) -> str:
-    """One line saying why a library could not load weights (their messages run to several lines)."""
-    import pickle
-
-    text = str(err)
-    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text:
-        return ("the weights are a pickle that needs code to load, and ov2 never runs code from a file: "
-                "save them as safetensors")
-    return next((line.strip() for line in text.splitlines() if line.strip()), type(err).__name__)
 
 
 def load_pretrained(directory: str | Path) -> tuple[OpenVision2, Preprocess, dict]:

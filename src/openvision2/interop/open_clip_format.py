@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..preprocess import Preprocess
+from .loading import load_failure
 from .spec import LAYER_NORM_EPS, EncoderSpec, mlp_ratio
 
 CONFIG = "open_clip_config.json"
@@ -133,8 +134,6 @@ def _load_weights(directory: Path) -> dict[str, torch.Tensor]:
                     return load_file(path)
                 return torch.load(path, map_location="cpu", weights_only=True)  # never runs code
             except Exception as err:  # SafetensorError, pickle errors: an unreadable file
-                from .importer import load_failure
-
                 raise UserError(f"cannot read {path}: {load_failure(err)}") from None
     raise UserError(f"no open_clip weights in {directory}: expected one of {', '.join(WEIGHT_FILES)}")
 

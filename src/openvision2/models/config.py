@@ -13,6 +13,9 @@ from ..errors import UserError
 from ..options import check_fields, option
 from .registry import DECODER_SIZES, decoder_size, parse_encoder_name
 
+# The methods a config may name: each has its entry in the registry (methods.py), which sits above the
+# models and is never imported from here, so a config is checked without building anything.
+METHOD_NAMES = ("openvision2", "openvision1", "cappa")
 NO_DECODER = "none"  # ModelConfig.decoder for an encoder-only model
 DECODER_MASKS = ("causal", "prefix")
 TEXT_POSITIONS = ("none", "learned")
@@ -22,7 +25,8 @@ TEXT_POSITIONS = ("none", "learned")
 class ModelConfig:
     """Everything needed to rebuild the model; saved as config.json beside the weights."""
 
-    method: str = option("openvision2", "which model: openvision2, openvision1 (DESIGN.md §6) or cappa (DESIGN.md §5.3)")
+    method: str = option("openvision2", "which model: openvision2, openvision1 (DESIGN.md §6) or cappa (DESIGN.md §5.3)",
+                         choices=METHOD_NAMES)
     encoder: str = option("L/14", "ViT size/patch, e.g. L/14, S/16, nano/16 (DESIGN.md §1.1)")
     decoder: str = option("L", "caption decoder size (DESIGN.md §2); none = an encoder-only model")
     image_size: int = option(224, "image side in pixels", low=1)
@@ -43,10 +47,9 @@ class ModelConfig:
     pre_norm: bool = option(False, "LayerNorm before the encoder blocks (for an hf-clip / LLaVA-1.5 export)")
     class_token: bool = option(True, "encoder CLS token (false for an hf-siglip export)")
     # The training loss applies the vocabulary head in chunks of tokens, never holding the full
-    # [tokens, vocab] logits (models/chunked_ce.py); the same loss and gradients. CUDA runs its own
-    # 4,096-token chunks with a compiled body (chunked_ce.loss_path).
-    logits_chunk: int = option(512, "tokens per chunk of the vocabulary head + cross-entropy on a CPU (CUDA: "
-                                    "4096); 0 = full logits", low=0)
+    # [tokens, vocab] logits (models/chunked_ce.py); the same loss and gradients.
+    logits_chunk: int = option(512, "tokens per chunk of the vocabulary head + cross-entropy; 0 = full logits",
+                               low=0)
     # --- OpenVision 1 (DESIGN.md §6) ---
     text_encoder: str = option("", "OpenVision 1's text encoder size; empty = the decoder's size")
     alt_text_len: int = option(80, "OpenVision 1's alt-text / sub-caption length, [CLS] included", low=3)
@@ -63,9 +66,6 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> "ModelConfig":
-        from ..methods import get_method
-
-        get_method(self.method)
         check_fields(self)
         parse_encoder_name(self.encoder)
         if self.decoder != NO_DECODER:
@@ -94,4 +94,4 @@ class ModelConfig:
         return asdict(self)
 
 
-__all__ = ["DECODER_MASKS", "DECODER_SIZES", "ModelConfig", "NO_DECODER", "TEXT_POSITIONS"]
+__all__ = ["DECODER_MASKS", "DECODER_SIZES", "METHOD_NAMES", "ModelConfig", "NO_DECODER", "TEXT_POSITIONS"]

@@ -22,10 +22,9 @@ def device_peak_tflops(device: torch.device, configured: float) -> float | None:
 def train_flops_per_sample(model_config) -> float:
     """Training FLOPs of one image-caption pair: 3 x the forward FLOPs of openvision2.flops (the
     DESIGN.md §5.4 counting that reproduces the paper's FLOPs/image), for the run's model (ModelConfig)."""
-    from ..flops import count
-    from ..methods import get_method
+    from ..methods import count_flops, get_method
 
-    return 3.0 * count(model_config, get_method(model_config.method).train_text_passes).total_flops
+    return 3.0 * count_flops(model_config, get_method(model_config.method).train_text_passes).total_flops
 
 
 def peak_memory_gib(device: torch.device) -> float:
