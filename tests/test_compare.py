@@ -164,3 +164,107 @@ def test_sigterm_to_the_process_group_stops_the_comparison_and_the_same_command_
     assert f"at step {stopped_at}" in capsys.readouterr().out  # resumed, not restarted
     result = json.loads((out / "compare.json").read_text())
     assert result["methods"]["openvision2"]["steps"] == 600 and max(losses(run)) == 600
+
+
+def test_compare_rounds_below_one_is_one_line(tmp_path, capsys):
+    assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(tmp_path / "cmp"),
+                 "--rounds", "0", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--rounds must be >= 1, got 0" in err, err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_compare_measures_and_evaluates_on_the_resolved_device(tmp_path, monkeypatch):
+    """The command resolves the device as every command does (a GPU when torch sees one), and the evaluation
+    loads the encoder and runs eval vlm there (it ran eval vlm on the CPU whatever the device)."""
+    import torch
+
+    import openvision2.checkpoint
+    import openvision2.compare.run
+    import openvision2.vlm.evaluate
+    from openvision2.compare.options import CompareOptions
+    from openvision2.compare.run import evaluate
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    def run_compare(options, out):
+        seen["options"] = options
+        return {"html": "index.html", "methods": {}}
+
+    monkeypatch.setattr(openvision2.compare.run, "run_compare", run_compare)
+    assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(tmp_path / "cmp"), *TINY]) == 0
+    assert seen["options"].device == "cuda"
+
+    from types import SimpleNamespace
+
+    def load_checkpoint(path, device="cpu"):
+        seen["load"] = device
+        return SimpleNamespace(config=SimpleNamespace(image_size=32)), None, {}
+
+    def evaluate_encoder(model, meta, train_set, test_set, options, device, progress=None):
+        seen["vlm"] = device
+        return {"overall": 0.5, "accuracy": {"colour": 0.5}}
+
+    monkeypatch.setattr(openvision2.checkpoint, "load_checkpoint", load_checkpoint)
+    monkeypatch.setattr(openvision2.vlm.evaluate, "load_vqa", lambda options, size: (None, None))
+    monkeypatch.setattr(openvision2.vlm.evaluate, "evaluate_encoder", evaluate_encoder)
+    options = CompareOptions(methods=["openvision2"], evals=["vlm"], probe_train_images=4, test_images=4,
+                             device="cuda:1")
+    assert evaluate(tmp_path, options) == {"vlm/overall": 0.5, "vlm/colour": 0.5}
+    assert seen["load"] == "cuda:1" and seen["vlm"] == torch.device("cuda:1")
+
+
+def _compare_until(out, argv, line: str):
+    """Start `ov2 compare` in its own process group; return it once its output shows `line`."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from scaleout_helpers import TEST_ENV
+
+    log = out.parent / f"{out.name}.out"
+    with open(log, "w") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "openvision2.cli", *argv], stdout=stdout,
+                                   stderr=subprocess.PIPE, text=True, env={**os.environ, **TEST_ENV},
+                                   start_new_session=True)
+    deadline = time.monotonic() + 120
+    while line not in log.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, (log.read_text(), process.communicate())
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside that part
+    return process
+
+
+def _stopped(process) -> str:
+    """SIGTERM to the process group (as scancel does): exit 75 and one line, no traceback."""
+    import os
+    import signal
+
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 75, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("ov2 compare:")]
+    assert "Traceback" not in stderr and len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_sigterm_while_measuring_costs_is_one_line_and_exit_75(tmp_path):
+    out = tmp_path / "cmp"
+    process = _compare_until(out, ["compare", "--methods", "openvision2", "--steps", "3", "--out", str(out),
+                                   *SMALL_EVALS, "--rounds", "100000", *TINY], "measuring step time")
+    assert "stopped by a signal while measuring costs" in _stopped(process)
+    assert not (out / "costs.json").exists()  # written whole or not at all: the next command measures again
+
+
+def test_sigterm_while_evaluating_is_one_line_and_keeps_the_finished_run(tmp_path):
+    from openvision2.checkpoint import resolve_checkpoint
+
+    out = tmp_path / "cmp"
+    process = _compare_until(out, ["compare", "--methods", "openvision2", "--steps", "2", "--out", str(out),
+                                   "--evals", "vlm", *SMALL_EVALS, "--vlm-stage2-steps", "100000", *TINY],
+                             "openvision2: evaluating")
+    assert "stopped by a signal while evaluating openvision2" in _stopped(process)
+    run = out / "openvision2-2steps"
+    assert json.loads((resolve_checkpoint(run) / "config.json").read_text())["step"] == 2  # the next command reuses it
+    assert (out / "costs.json").is_file() and not (run / "compare_eval.json").exists()

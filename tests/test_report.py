@@ -77,3 +77,24 @@ def test_report_renders_in_headless_chromium(run_dir, report, tmp_path):
     with Image.open(shot) as image:
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 50  # plots and pictures, not a blank page
+
+
+def test_report_runs_on_the_resolved_device_by_default(tmp_path, monkeypatch, capsys):
+    """No --device: a GPU when torch sees one, as every evaluating command decides (it was the CPU always)."""
+    import torch
+
+    import openvision2.eval.report
+
+    seen = {}
+
+    def fake_report(run, out, images, evals, device, eval_images, **decoding):
+        seen["device"] = device
+        return {"html": "report.html", "plots": [], "images": 0, "evaluations": {}}
+
+    monkeypatch.setattr(openvision2.eval.report, "build_report", fake_report)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert main(["report", str(tmp_path)]) == 0
+    assert seen["device"] == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["report", str(tmp_path)]) == 0
+    assert seen["device"] == "cpu"

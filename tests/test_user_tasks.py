@@ -157,3 +157,27 @@ def test_bad_samples_are_skipped_and_counted(folder, checkpoint, tmp_path, capsy
     assert len(task.train.labels) + len(task.test.labels) == 12
     err = capsys.readouterr().err
     assert "skipping" in err and "(missing_label)" in err and "(bad_json)" in err
+
+
+def test_csv_headers_are_recognised_and_never_a_class(folder, tmp_path):
+    """A spreadsheet's "CSV UTF-8" (a BOM before the header) and a header with other names (`path,klass`)
+    are headers, not a phantom class; a header naming its columns places them by name."""
+    rows = "".join(f"{folder}/{n}/{i:03d}.png,{n}\n" for n in CLASSES for i in range(3))
+    flipped = "".join(f"{n},{folder}/{n}/{i:03d}.png\n" for n in CLASSES for i in range(3))
+    for name, text, encoding in (("bom.csv", "file,label\n" + rows, "utf-8-sig"), ("klass.csv", "path,klass\n" + rows, "utf-8"),
+                                 ("named.csv", "Class,Image\n" + flipped, "utf-8"), ("none.csv", rows, "utf-8")):
+        (tmp_path / name).write_text(text, encoding=encoding)
+        task = user_task(f"csv:{tmp_path / name}", 16)
+        assert task.classnames == ["blue circle", "red square", "white cross"], name
+        assert len(task.train.labels) + len(task.test.labels) == 9 and task.skipped == {}, name
+    # a first data row whose image is missing is still data (it has an image suffix): skipped and counted
+    (tmp_path / "gone.csv").write_text(f"{tmp_path}/gone.png,red_square\n" + rows)
+    assert user_task(f"csv:{tmp_path / 'gone.csv'}", 16).skipped == {"missing_file": 1}
+
+
+def test_a_csv_that_is_not_utf8_is_one_line(checkpoint, tmp_path, capsys):
+    table = tmp_path / "latin1.csv"
+    table.write_bytes("file,label\nphoto.png,caf\xe9\nother.png,th\xe9\n".encode("latin-1"))
+    assert main(["eval", "zeroshot", "--checkpoint", str(checkpoint), "--task", f"csv:{table}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not UTF-8 text" in err and "CSV UTF-8" in err, err

@@ -51,6 +51,7 @@ def run(args) -> int:
     from ..compare.options import CompareOptions
     from ..compare.run import ComparisonStopped, run_compare
     from ..train.faults import PREEMPTED_EXIT
+    from ._options import resolve_device
 
     options = CompareOptions(
         methods=[m.strip() for m in args.methods.split(",") if m.strip()], preset=args.preset, steps=args.steps,
@@ -59,12 +60,12 @@ def run(args) -> int:
         test_images=args.test_images, attentive_epochs=args.attentive_epochs,
         vlm_preset=args.vlm_preset, vlm_train_images=args.vlm_train_images, vlm_test_images=args.vlm_test_images,
         vlm_stage1_steps=args.vlm_stage1_steps, vlm_stage2_steps=args.vlm_stage2_steps, rounds=args.rounds,
-        progress=not (args.no_progress or args.json))
+        progress=not (args.no_progress or args.json), device=str(resolve_device(None)))
     try:
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             result = run_compare(options, args.out)
     except ComparisonStopped as stop:  # exit as `ov2 train` does when preempted: schedulers see it unfinished
-        print(f"ov2 compare: {stop}; its checkpoint is saved: run the same command to continue", file=sys.stderr)
+        print(f"ov2 compare: {stop}; what finished is kept: run the same command to continue", file=sys.stderr)
         return PREEMPTED_EXIT
     if args.json:
         print(json.dumps(result))

@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
                              "'' for none (default: all)")
     parser.add_argument("--eval-images", type=int, default=256, help="held-out images per evaluation")
     add_decoding(parser, seed_default=0)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when torch sees a GPU)")
     add_json(parser)
 
 

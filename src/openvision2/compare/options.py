@@ -33,6 +33,9 @@ class CompareOptions:
     vlm_stage2_steps: int | None = None
     rounds: int = 3
     progress: bool = True
+    # Where costs are measured and encoders evaluated: the command resolves it as every command does
+    # (commands/_options.py resolve_device: cuda when torch sees a GPU), the device training takes too.
+    device: str = "cpu"
 
     def vlm_options(self) -> VLMOptions:
         sizes = {name: getattr(self, f"vlm_{name}") for name in ("train_images", "test_images", "stage1_steps",

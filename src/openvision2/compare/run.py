@@ -10,13 +10,18 @@ Order of work, each part reused when OUT already holds it (so an interrupted com
    run of the same method and steps is shared by the equal-steps and the equal-budget comparisons;
 4. evaluation: probes (linear, attentive, k-NN), zero-shot (by caption likelihood where the method has
    a left-to-right decoder, CLIP's where it has a text tower: OpenVision 1) and `eval vlm`, on the same
-   task and images for every encoder.
+   task and images for every encoder, on the device the command resolved (CompareOptions.device).
+SIGTERM in any part ends the comparison with exit 75 and one line (ComparisonStopped): a method's training
+saves its checkpoint first; costs and evaluations are written whole or not at all, so what finished is
+kept and the same command continues from there.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -44,7 +49,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 # --- 1. costs ----------------------------------------------------------------------------------------
 
-def measure_costs(configs: dict, rounds: int) -> dict:
+def measure_costs(configs: dict, rounds: int, device: str) -> dict:
     """{method: step_s, peak_mem_bytes, forward_flops_per_image, ...} at each method's training shape."""
     import torch
 
@@ -54,7 +59,7 @@ def measure_costs(configs: dict, rounds: int) -> dict:
     from ..precision import resolve_precision
 
     first = next(iter(configs.values()))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
     precision = "bf16" if resolve_precision(first.precision, device) == torch.bfloat16 else "fp32"
     shape = BenchShape(encoder=first.encoder, decoder=first.decoder, text_encoder=first.text_encoder,
                        image_size=first.image_size, batch_size=first.batch_size, keep_ratio=first.keep_ratio,
@@ -103,15 +108,37 @@ def train_method(config, run_dir: Path, progress: bool) -> dict:
     wall_s = state["wall_s"] + time.perf_counter() - start
     if summary.get("stopped") == "preempted":  # the loop saved a checkpoint: the next call resumes it
         _write_json(state_path, {"wall_s": wall_s})
-        raise ComparisonStopped(f"{run_dir.name} stopped by a signal")
+        raise ComparisonStopped(f"{run_dir.name} stopped by a signal, its checkpoint saved")
     state = {"wall_s": wall_s, "steps": config.steps, "reused": False}
     _write_json(state_path, state)
     return state
 
 
 class ComparisonStopped(Exception):
-    """A method's training was stopped by SIGTERM/SIGINT after saving: nothing is evaluated or reported
-    from a partial run; the same command resumes it."""
+    """SIGTERM stopped the comparison: in a method's training after saving its checkpoint (nothing is
+    evaluated or reported from a partial run), or while measuring or evaluating (that part is redone);
+    the same command resumes."""
+
+
+class StopOnSignal:
+    """SIGTERM outside a method's training raises ComparisonStopped naming what was under way. Training
+    installs its own handler (train/faults.py PreemptionFlag: save, then stop) and gives this one back."""
+
+    def __init__(self):
+        self.doing = "starting"
+        self._previous = None
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._stop)
+        return self
+
+    def _stop(self, signum, frame) -> None:
+        raise ComparisonStopped(f"stopped by a signal while {self.doing}")
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def check_same_run(config, run_dir: Path, ignore: tuple[str, ...] = ()) -> dict | None:
@@ -166,7 +193,7 @@ def evaluate(run_dir: Path, options: CompareOptions) -> dict:
     cache = _read_json(run_dir / "compare_eval.json")
     if cache and cache.get("settings") == settings:
         return cache["results"]
-    model, tokenizer, meta = load_checkpoint(run_dir)
+    model, tokenizer, meta = load_checkpoint(run_dir, device=options.device)
     size, results = model.config.image_size, {}
     task = load_task(options.task, size, num_train=options.probe_train_images, num_test=options.test_images,
                      shards=options.shards)
@@ -187,7 +214,7 @@ def evaluate(run_dir: Path, options: CompareOptions) -> dict:
 
         vlm_options = options.vlm_options()
         train_set, test_set = load_vqa(vlm_options, size)
-        vlm = evaluate_encoder(model, meta, train_set, test_set, vlm_options, torch.device("cpu"))
+        vlm = evaluate_encoder(model, meta, train_set, test_set, vlm_options, torch.device(options.device))
         results["vlm/overall"] = vlm["overall"]
         results.update({f"vlm/{t}": a for t, a in vlm["accuracy"].items()})
     _write_json(run_dir / "compare_eval.json", {"settings": settings, "results": results})
@@ -209,8 +236,8 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         raise UserError(f"unknown evaluation {', '.join(sorted(unknown))}: use some of {', '.join(EVALS)}")
     if options.steps < 1:
         raise UserError("--steps must be >= 1")
-    # evaluation settings are checked before any training: a bad one would fail only after it
-    for name in ("probe_train_images", "test_images", "attentive_epochs"):
+    # evaluation settings are checked before any measuring and training: a bad one would fail only after it
+    for name in ("probe_train_images", "test_images", "attentive_epochs", "rounds"):
         if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(options, name)}")
     options.vlm_options().check(flag_prefix="vlm-")
@@ -221,11 +248,12 @@ def run_compare(options: CompareOptions, out: str | Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a file in the way, no permission, a read-only disk
         raise UserError(f"--out {out}: cannot make the directory ({err.strerror}): pass a writable directory") from None
-    with locked(out, "ov2 compare"):  # two comparisons would race on costs.json and each run's evaluation
-        return _compare(options, out)
+    # two comparisons would race on costs.json and each run's evaluation
+    with locked(out, "ov2 compare"), StopOnSignal() as stop:
+        return _compare(options, out, stop)
 
 
-def _compare(options: CompareOptions, out: Path) -> dict:
+def _compare(options: CompareOptions, out: Path, stop: StopOnSignal) -> dict:
     from .page import write_page
 
     options.overrides = pin_precision(options)
@@ -241,7 +269,8 @@ def _compare(options: CompareOptions, out: Path) -> dict:
     wanted_shape = {m: c.to_dict() for m, c in base.items()}
     if not costs or costs.get("configs") != wanted_shape or costs.get("rounds") != options.rounds:
         _log(f"measuring step time, peak memory and FLOPs of {', '.join(options.methods)} (interleaved) ...")
-        costs = {**measure_costs(base, options.rounds), "configs": wanted_shape}
+        stop.doing = "measuring costs"
+        costs = {**measure_costs(base, options.rounds, options.device), "configs": wanted_shape}
         _write_json(costs_path, costs)
     steps = budget_steps(costs, options.methods, options.steps, options.budget)
     configs = {m: method_config(options.preset, m, options.overrides, steps[m], warmup) for m in options.methods}
@@ -250,8 +279,10 @@ def _compare(options: CompareOptions, out: Path) -> dict:
     for method, config in configs.items():
         directory = run_dir(out, method, steps[method])
         _log(f"{method}: {steps[method]} steps -> {directory}")
+        stop.doing = f"training {method}"
         training = train_method(config, directory, options.progress)
         _log(f"{method}: evaluating ({', '.join(options.evals) or 'nothing'}) ...")
+        stop.doing = f"evaluating {method}"
         cost = costs["methods"][method]
         batch = config.batch_size
         methods[method] = {
@@ -273,6 +304,7 @@ def _compare(options: CompareOptions, out: Path) -> dict:
               "differences": {k: {m: v for m, v in vals.items()} for k, vals in differences(configs).items()},
               "methods": methods, "ratios_vs_reference": ratios}
     name = "compare" if options.budget == "steps" else f"compare-{options.budget}"
+    stop.doing = "writing the page"
     _write_json(out / f"{name}.json", result)
     result["html"] = str(write_page(result, out, "index.html" if options.budget == "steps" else f"{name}.html"))
     return result
@@ -288,8 +320,7 @@ def pin_precision(options: CompareOptions) -> list[str]:
     if any(o.startswith("precision=") for o in options.overrides):
         return options.overrides
     config = method_config(options.preset, options.methods[0], options.overrides)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_precision(config.precision, device)
+    dtype = resolve_precision(config.precision, torch.device(options.device))
     return [*options.overrides, f"precision={'bf16' if dtype == torch.bfloat16 else 'fp32'}"]
 
 

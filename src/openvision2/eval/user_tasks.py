@@ -2,9 +2,13 @@
 
 - `imagefolder:DIR`: one sub-folder per class (torchvision's ImageFolder layout); if DIR holds
   `train/` and `test/` (or `val/`) folders of that layout, they are the split.
-- `csv:FILE`: rows `file,label` (a header row naming `file`/`label` is optional; an optional third
-  column `split` says train/test); `.jsonl` files hold one {"file": ..., "label": ..., "split": ...}
-  object per line. Relative paths are relative to the file.
+- `csv:FILE`: rows `file,label` (an optional third column `split` says train/test), UTF-8 with or
+  without a BOM (a spreadsheet's "CSV UTF-8"). The first row is a header when its first field is neither an
+  existing file nor a name with an image suffix (a data row names an image, even a missing one); a header
+  that names a file column (file, path, image, filename, filepath) and a label column (label, class,
+  classname, category) places the columns by name, any other header (e.g. `path,klass`) by position.
+  `.jsonl` files hold one {"file": ..., "label": ..., "split": ...} object per line. Relative paths are
+  relative to the file.
 - `shards:PATTERN`: tar shards (a directory or webdataset notation, e.g. `data/x-{000..009}.tar`)
   whose json member has the label under `label_key` (default "label") and optionally "split".
 Class names are the folder / label names ("_" read as a space), sorted; a shard's integer label
@@ -39,6 +43,8 @@ TEMPLATES = ("a photo of a {}", "a picture of a {}", "an image of a {}", "a clos
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TEST_SHARE = 0.2
 PROGRESS_FROM = 500  # images: loading more than this shows a progress bar
+FILE_COLUMNS = ("file", "path", "image", "filename", "filepath")  # header names of the file column
+LABEL_COLUMNS = ("label", "class", "classname", "category")  # ... and of the label column
 log = get_logger("eval")
 
 
@@ -80,10 +86,26 @@ def _imagefolder_rows_flat(root: Path) -> list[tuple[object, str, None]]:
     return rows
 
 
+def _columns(first: list[str], root: Path) -> list[str] | None:
+    """The columns a CSV's first row names when it is a header (see the module docstring), else None."""
+    name = first[0].strip()
+    if Path(name).suffix.lower() in IMAGE_SUFFIXES or (root / name).is_file():
+        return None
+    named = ["file" if n in FILE_COLUMNS else "label" if n in LABEL_COLUMNS else n
+             for n in (c.strip().lower() for c in first)]
+    return named if "file" in named and "label" in named else ["file", "label", "split"]
+
+
 def _table_rows(path: Path) -> list[tuple[object, str, str | None]]:
     if not path.is_file():
         raise UserError(f"csv:{path}: no such file (expected rows file,label[,split])")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's "CSV UTF-8" starts with a BOM
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not UTF-8 text (byte {err.start}): save it as UTF-8, e.g. a spreadsheet's "
+                        "\"CSV UTF-8\"") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
     if path.suffix.lower() in (".jsonl", ".json"):
         records = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -94,11 +116,11 @@ def _table_rows(path: Path) -> list[tuple[object, str, str | None]]:
                     raise UserError(f"{path}:{number}: not a JSON object") from None
     else:
         rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
-        if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
-            header = [c.strip().lower() for c in rows[0]]
-            rows = rows[1:]
-        else:
+        header = _columns(rows[0], path.parent) if rows else None
+        if header is None:
             header = ["file", "label", "split"]
+        else:
+            rows = rows[1:]
         records = [dict(zip(header, [c.strip() for c in row])) for row in rows]
     out = []
     for number, record in enumerate(records, 1):
