@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from openvision2.bench.methods import CAPTION_LOSS_WEIGHT
 from openvision2.models import ModelConfig, OpenVision2, create_encoder
-from openvision2.models.decoder import CaptionDecoder
+from openvision2.models.decoder import CAUSAL, CaptionDecoder, attention_mask
 from openvision2.models.openvision1 import OpenVision1, OpenVision1Config
 from openvision2.models.registry import DECODER_SIZES, Size, paper_decoder
 from openvision2.flops import default_decoder
@@ -141,11 +141,17 @@ def test_default_decoder_mask_is_causal_over_visual_and_text():
     model.decoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[1]))
     with torch.no_grad():
         model(torch.randn(1, 3, 16, 16), torch.tensor([[1, 5, 2, 3]]))
-    # 4 patches -> floor(4 * 0.35) = 1 visual token, then 3 text inputs
-    assert seen[0].tolist() == [[True, False, False, False],
-                                [True, True, False, False],
-                                [True, True, True, False],
-                                [True, True, True, True]]
+    # The plain causal mask reaches attention as SDPA's is_causal (models/decoder.py CAUSAL), which is
+    # this mask: 4 patches -> floor(4 * 0.35) = 1 visual token, then 3 text inputs.
+    assert seen[0] == CAUSAL
+    assert attention_mask(1, 3, "causal").tolist() == [[True, False, False, False],
+                                                       [True, True, False, False],
+                                                       [True, True, True, False],
+                                                       [True, True, True, True]]
+    x = torch.randn(1, 4, model.decoder.width)
+    with torch.no_grad():
+        block = model.decoder.blocks[0]
+        assert torch.allclose(block(x, CAUSAL), block(x, attention_mask(1, 3, "causal")), atol=1e-6)
 
 
 # --- training (DESIGN.md §3.4, §4.4) ------------------------------------------------------------------

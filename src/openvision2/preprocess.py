@@ -5,6 +5,7 @@ and is every encoder's timm pretrained_cfg (models/vit.py)."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +20,23 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+def _statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(255*mean, 255*std) as [1, 3, 1, 1] tensors."""
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255
+    return mean, std
+
+
+# On an accelerator the statistics are made once per device: building them per call would be a
+# host-to-device copy every micro-batch. On a CPU building them costs nothing, and a cache there would
+# keep the fake tensors of `ov2 plan`'s fake step (which runs on "cpu") for the real runs after it.
+_device_statistics = functools.cache(_statistics)
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float (x - 255*mean) / (255*std)."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1) * 255
+    device = images.device
+    mean, std = _statistics(device) if device.type == "cpu" else _device_statistics(device)
     return (images.float() - mean) / std
 
 

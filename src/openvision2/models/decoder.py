@@ -16,6 +16,15 @@ from ..errors import UserError
 from .config import DECODER_MASKS, TEXT_POSITIONS
 from .registry import Size
 _INIT_DEPTH = 12  # the released init hard-wires depth 12 into the output-projection std (DESIGN.md §2)
+# The plain causal mask, passed as is_causal=True instead of a boolean [L, L] tensor: SDPA then may use
+# Flash attention, which an explicit mask rules out, and no mask is built per forward.
+CAUSAL = "causal"
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | str | None) -> torch.Tensor:
+    if isinstance(mask, str):  # CAUSAL (q and k cover the same positions)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class DecoderBlock(nn.Module):
@@ -48,10 +57,10 @@ class DecoderBlock(nn.Module):
     def attention(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(batch, length, width))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | str | None) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), mask)
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
 
@@ -63,7 +72,7 @@ class DecoderBlock(nn.Module):
         q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, mask)
         x = x + self.proj(out.transpose(1, 2).reshape(batch, length, width))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh")), (k, v)
 
@@ -108,7 +117,7 @@ class BlockStack(nn.Module):
         nn.init.zeros_(self.norm.bias)
         nn.init.normal_(getattr(self, self.head_name).weight, std=self.width ** -0.5)
 
-    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor, mask: torch.Tensor | str | None) -> torch.Tensor:
         for block in self.blocks:
             x = block(x, mask)
         return x
@@ -139,6 +148,12 @@ class CaptionDecoder(BlockStack):
             nn.init.normal_(self.text_pos, std=0.01)
         self.reset_stack()
 
+    def mask_for(self, num_visual: int, num_text: int, device) -> torch.Tensor | str:
+        """The configured mask over [visual; text]: CAUSAL for the plain causal one."""
+        if self.mask_kind == CAUSAL:
+            return CAUSAL
+        return attention_mask(num_visual, num_text, self.mask_kind, device=device)
+
     def hidden(self, visual: torch.Tensor, text_ids: torch.Tensor,
                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         """visual [B, K, D_img], text_ids [B, T] -> final-LayerNorm outputs [B, T, width] at the text
@@ -152,8 +167,7 @@ class CaptionDecoder(BlockStack):
             text = text + self.text_pos[:num_text]
         projected = self.visual_proj(visual)
         x = torch.cat([projected, text.to(projected.dtype)], dim=1)
-        mask = (attention_mask(num_visual, num_text, self.mask_kind, device=x.device)
-                if attn_mask is None else attn_mask)
+        mask = self.mask_for(num_visual, num_text, x.device) if attn_mask is None else attn_mask
         return self.norm(self.run_blocks(x, mask)[:, num_visual:])
 
     def forward(self, visual: torch.Tensor, text_ids: torch.Tensor,
@@ -177,7 +191,7 @@ class CaptionDecoder(BlockStack):
         if cache is None:
             projected = self.visual_proj(visual)
             x = torch.cat([projected, text.to(projected.dtype)], dim=1)
-            mask = attention_mask(visual.shape[1], num_new, self.mask_kind, device=x.device)
+            mask = self.mask_for(visual.shape[1], num_new, x.device)
             past = [None] * len(self.blocks)
         else:
             x, past = text, cache.layers

@@ -25,6 +25,9 @@ class OpenVision2(nn.Module):
         self.decoder = None if config.decoder == NO_DECODER else CaptionDecoder(
             decoder_size(config.decoder), self.encoder.embed_dim, config.vocab_size,
             config.text_len - 1, config.decoder_mask, config.text_pos, device=device)
+        # The caption loss never reads the pooled output (evaluations and exports do), so its norm is
+        # not trained: frozen at its initialisation, as it always stayed, and left out of the optimizer.
+        self.encoder.fc_norm.requires_grad_(False)
 
     def require_decoder(self) -> None:
         if self.decoder is None:
@@ -38,7 +41,7 @@ class OpenVision2(nn.Module):
     def visual_prefix(self, images: torch.Tensor, keep_ratio: float | None = None) -> torch.Tensor:
         """The visual tokens the decoder sees: a random keep_ratio subset per example in training; in
         eval mode the config's decoding_keep_ratio, as one seeded subset (models/masking.py)."""
-        _, tokens = self.encode_image(images)
+        tokens = self.encoder.patch_tokens(images)  # the pooled output is not computed: it would get no gradient
         if self.training:
             return keep_random_tokens(tokens, self.config.keep_ratio if keep_ratio is None else keep_ratio)
         return keep_eval_tokens(tokens, self.config.decoding_keep_ratio if keep_ratio is None else keep_ratio)

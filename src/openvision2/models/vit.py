@@ -76,6 +76,10 @@ class OpenVisionViT(VisionTransformer):
             weight_init="skip", device=device,
         )
         self.mlp_dim = mlp_dim
+        # Position tables by (grid, device), each made once where it is first used: rebuilding one per
+        # forward is float64 work on the CPU and a host-to-device copy. Not a buffer: checkpoints and
+        # models built on the meta device stay as they were, and DDP has nothing to broadcast.
+        self._position_tables: dict[tuple, torch.Tensor] = {}
         # What timm's resolve_data_config reads; without it timm assumes 224 px bicubic centre-crop 0.875.
         self.pretrained_cfg = self.default_cfg = pretrained_cfg(img_size)
         if self.patch_embed.proj.weight.device.type != "meta":
@@ -103,19 +107,31 @@ class OpenVisionViT(VisionTransformer):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def _position_table(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The table added after CLS is prepended: a zero row for CLS (none without CLS), then the patches."""
+        if self.cls_token is None:
+            return sincos_2d(grid_h, grid_w, self.embed_dim)
+        return sincos_2d_with_cls(grid_h, grid_w, self.embed_dim)
+
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        # x is NHWC (dynamic_img_size): the grid is known here, so the table is built for it.
+        # x is NHWC (dynamic_img_size): the grid is known here, so any resolution gets its table.
         batch, grid_h, grid_w, dim = x.shape
         x = x.reshape(batch, -1, dim)
-        if self.cls_token is None:  # no CLS: no zero row either
-            return x + sincos_2d(grid_h, grid_w, dim).to(device=x.device, dtype=x.dtype)
-        table = sincos_2d_with_cls(grid_h, grid_w, dim).to(device=x.device, dtype=x.dtype)
-        x = torch.cat([self.cls_token.expand(batch, -1, -1).to(x.dtype), x], dim=1)
-        return x + table
+        key = (grid_h, grid_w, x.device)
+        if key not in self._position_tables:
+            self._position_tables[key] = self._position_table(grid_h, grid_w).to(x.device)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(batch, -1, -1).to(x.dtype), x], dim=1)
+        return x + self._position_tables[key].to(x.dtype)
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens [B, N, D] (CLS dropped, no LayerNorm): what a caption decoder reads. Unlike
+        forward_tokens it leaves the pooled output's norm (fc_norm) out of the graph."""
+        return self.forward_features(images)[:, self.num_prefix_tokens:]
 
     def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled [B, D], patch tokens [B, N, D]); CLS dropped from both, no LayerNorm on the tokens."""
-        tokens = self.forward_features(images)[:, self.num_prefix_tokens:]
+        tokens = self.patch_tokens(images)
         return self.fc_norm(tokens.mean(dim=1)), tokens
 
 

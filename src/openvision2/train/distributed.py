@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UserError
+
 
 @dataclass(frozen=True)
 class World:
@@ -36,12 +38,24 @@ class World:
         return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
+def rank_device(local_rank: int, device_count: int, visible: str | None = None) -> torch.device:
+    """This rank's GPU: one per local rank. More ranks than GPUs on a node would put two ranks on one
+    GPU (each then has half its memory and both are slow): refused in one line. One visible GPU under
+    CUDA_VISIBLE_DEVICES (`visible`) is a launcher binding each process to its own GPU: that one."""
+    if device_count == 1 and visible:
+        return torch.device("cuda", 0)
+    if local_rank >= device_count:
+        raise UserError(f"LOCAL_RANK {local_rank} has no GPU of its own: this node has {device_count} GPU(s); "
+                        f"start at most {device_count} processes per node (torchrun --nproc_per_node={device_count})")
+    return torch.device("cuda", local_rank)
+
+
 def init_world() -> World:
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        device = rank_device(local_rank, torch.cuda.device_count(), os.environ.get("CUDA_VISIBLE_DEVICES"))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

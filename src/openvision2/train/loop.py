@@ -33,6 +33,7 @@ from ..preprocess import normalize
 from ..tokenizer import CaptionTokenizer
 from . import rundir, state as ckpt
 from .config import TrainConfig
+from .backend import apply_backend, backend_for, to_device
 from .batching import device_memory_gib, requested_split, split_batch
 from .distributed import World, all_reduce_sum, barrier, init_world
 from .factory import build_model
@@ -175,6 +176,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     optim, run, par = config.optim, config.run, config.parallel
     resolved = resolve_choices(config, out_dir, world, resume, inherit)
     dtype, parallel = DTYPES[resolved["precision"]], resolved["parallel"]
+    backend = backend_for(device)  # TF32, fused AdamW, pinned batches on CUDA (train/backend.py)
+    apply_backend(backend)
     # progress messages from rank 0 only (logs.py routes them around the progress bar)
     log = logger.info if world.is_main else (lambda *a, **k: None)
     accum = resolved["grad_accum"]
@@ -208,7 +211,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         materialize(model, device)
     if run.init_from and resume_from is None:
         log(load_init_weights(run.init_from, wrapped, model.encoder, config))
-    optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps)
+    optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps,
+                                fused=backend.fused_adamw)
 
     model_config = unwrap(model).config
     collate = CaptionCollate(tokenizer, model_config.text_len, get_method(model_config.method).batch_fields,
@@ -257,7 +261,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         metrics.write({"step": start_step, "val_loss": val_loss})
 
     flops = train_flops_per_sample(model_config)
-    peak_tflops = device_peak_tflops(device, run.peak_tflops)
+    peak_tflops = device_peak_tflops(device, run.peak_tflops, resolved["precision"])
     stream, trace = iter(batches), os.environ.get(TRACE_SAMPLES)
     bar = tqdm(range(start_step + 1, optim.steps + 1), disable=not (progress and world.is_main), desc="train",
                dynamic_ncols=True, initial=start_step, total=optim.steps)
@@ -280,7 +284,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
             nll_total = torch.zeros((), device=device, dtype=torch.float64)
             for i, batch in enumerate(micro):
                 torch.manual_seed(micro_seed(run.seed, step, world.rank * accum + i))
-                images = normalize(batch["images"].to(device, non_blocking=True))
+                batch = to_device(batch, device, backend.pin_memory)
+                images = normalize(batch["images"])
                 with no_gradient_sync(wrapped, i < accum - 1):
                     with autocast(device, dtype):
                         out = wrapped(images, **model_inputs(batch, device))

@@ -14,9 +14,14 @@ import torch
 
 from ..hardware import known_peak_tflops
 
-def device_peak_tflops(device: torch.device, configured: float) -> float | None:
-    """The configured figure if given; a known GPU's bf16 peak (hardware.py); None where unknown (MFU omitted)."""
-    return configured if configured > 0 else known_peak_tflops(device, "bf16")
+# The tensor-core format a precision's matmuls run in on a GPU: fp32 runs on TF32 (train/backend.py).
+MATMUL_FORMAT = {"bf16": "bf16", "fp32": "tf32"}
+
+
+def device_peak_tflops(device: torch.device, configured: float, precision: str = "bf16") -> float | None:
+    """The configured figure if given; else a known GPU's peak (hardware.py) in the format the run's
+    precision computes in (bf16, or TF32 for fp32); None where unknown (MFU omitted)."""
+    return configured if configured > 0 else known_peak_tflops(device, MATMUL_FORMAT[precision])
 
 
 def train_flops_per_sample(model_config) -> float:

@@ -19,7 +19,8 @@ def decayed_parameter_names(model: nn.Module) -> set[str]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float) -> torch.optim.AdamW:
+                    eps: float, fused: bool = False) -> torch.optim.AdamW:
+    """fused: one kernel for the whole update (train/backend.py asks for it on CUDA)."""
     decayed = decayed_parameter_names(model)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
@@ -27,7 +28,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
         {"params": [p for n, p in params if n not in decayed], "weight_decay": 0.0},
     ]
     # torch's AdamW multiplies the decay by the scheduled LR, as the release does.
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:

@@ -84,12 +84,15 @@ def apply_compile(model: nn.Module) -> None:
 
 
 def apply_fsdp(model: nn.Module, param_dtype: torch.dtype, reshard_after_forward: bool = True) -> None:
-    """FSDP2: one unit per block, then the root (embeddings, patch conv, heads, norms)."""
+    """FSDP2: one unit per block, then the root (embeddings, patch conv, heads, norms). The last block
+    keeps its gathered parameters after forward (torchtitan's choice): the backward starts with it at
+    once, so freeing them only to gather them again would be an all-gather for nothing."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
-    for _, _, block in transformer_blocks(model):
-        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+    blocks = transformer_blocks(model)
+    for position, (_, _, block) in enumerate(blocks, start=1):
+        fully_shard(block, mp_policy=policy, reshard_after_forward=reshard_after_forward and position < len(blocks))
     fully_shard(model, mp_policy=policy)
 
 
@@ -106,9 +109,10 @@ def parallelize(model: nn.Module, parallel: str, *, activation_checkpointing: st
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [device] if device is not None and device.type == "cuda" else None
-        # Some parameters take no part in a method's loss (OpenVision 2 never uses the encoder's pooled
-        # output, so fc_norm gets no gradient): DDP must be told to look for them.
-        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+        # Every parameter takes part in every method's loss (OpenVision 2 does not compute the pooled
+        # output it never uses; tests/test_backend.py checks each method), so DDP need not search the
+        # graph for unused ones after each forward.
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
     return model
 
 
