@@ -102,6 +102,45 @@ def test_eval_vlm_bad_lm_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not 'tiny' nor a local Hugging Face model directory" in err
 
 
+def test_eval_vlm_lm_with_a_pickle_that_needs_code_is_one_line_and_runs_nothing(tmp_path, capsys):
+    """A pytorch_model.bin whose unpickling would run a command: refused by weights_only loading, one line."""
+    import os
+
+    import torch
+
+    tiny_checkpoint(tmp_path / "ckpt")
+    lm = tmp_path / "lm"
+    tokenizer = word_tokenizer(["what is this item ? a photo of a red square describe the image ."])
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id)).save_pretrained(lm)
+    tokenizer.save_pretrained(lm)
+    (lm / "model.safetensors").unlink()
+
+    class Planted:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'ran'}",)
+
+    torch.save({"model.embed_tokens.weight": Planted()}, lm / "pytorch_model.bin")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), "--lm", str(lm), *SMALL]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "a pickle that needs code to load" in err, err
+    assert "weights_only=False" not in err and not (tmp_path / "ran").exists()
+
+
+def test_eval_vlm_more_images_than_memory_holds_is_one_line_before_any_is_made(tmp_path, capsys):
+    from openvision2.errors import UserError
+    from openvision2.vlm.evaluate import check_fits
+
+    check_fits(100, 32, memory_bytes=2 * 100 * (15 * 32 * 32 + 1024))  # just fits in half
+    with pytest.raises(UserError, match="101 training and held-out images at 32 px"):
+        check_fits(101, 32, memory_bytes=2 * 100 * (15 * 32 * 32 + 1024))
+    tiny_checkpoint(tmp_path / "ckpt")
+    assert main(["eval", "vlm", "--checkpoint", str(tmp_path / "ckpt"), *SMALL, "--train-images", "100000000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "over half of this machine's" in err, err
+
+
 def test_stage1_train_lm_trains_the_language_model_in_stage_1(tmp_path, capsys):
     """--stage1-train-lm: the same first stage-1 step, then a different loss, since the LM moved too."""
     tiny_checkpoint(tmp_path / "ckpt")

@@ -6,6 +6,7 @@ encoder (L/14) and a real LM (`--lm PATH`) run the same code with larger --train
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,13 +18,27 @@ from .llava import TOKEN_CHOICES, build_llava, export_tower
 from .options import VQA_TASK, VLMOptions
 from .protocol import StageOptions, run_protocol
 
+def check_fits(images: int, image_size: int, memory_bytes: int = 0) -> None:
+    """One line instead of memory that grows until the kernel kills the run: the protocol holds every image
+    at once (uint8, and float32 pixel values for the tower), so a count that cannot fit in half of the
+    machine's memory (memory_bytes: its RAM unless given) is refused before any is made."""
+    per_image = 15 * image_size ** 2 + 1024  # 3 bytes + 12 bytes per pixel, and the image's texts
+    memory = memory_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if images * per_image > memory // 2:
+        raise UserError(f"{images} training and held-out images at {image_size} px would hold "
+                        f"~{images * per_image / 2**30:,.1f} GiB at once, over half of this machine's "
+                        f"{memory / 2**30:,.1f} GiB: ask for fewer images")
+
+
 def load_vqa(options: VLMOptions, image_size: int) -> tuple[vqa.VQASet, vqa.VQASet]:
     """(train, test) sets: the embedded VQA split, or "what is this item?" on a classification task."""
+    from ..eval.tasks import SYNTHETIC_TASKS, load_task
+
+    if options.task in (VQA_TASK, *SYNTHETIC_TASKS):  # generated: as many as asked (a user's data caps itself)
+        check_fits(options.train_images + options.test_images, image_size)
     if options.task == VQA_TASK:
         return (vqa.synthetic_vqa("train", options.train_images, image_size, options.seed),
                 vqa.synthetic_vqa("val", options.test_images, image_size, options.seed))
-    from ..eval.tasks import load_task
-
     task = load_task(options.task, image_size, num_train=options.train_images, num_test=options.test_images,
                      seed=options.seed, shards=options.shards, label_key=options.label_key)
     captions_of = None

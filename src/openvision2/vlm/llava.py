@@ -11,12 +11,14 @@ Tokens fed to the LM: "patch" (LLaVA's default: the last block's patch tokens, C
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ..interop.loading import load_failure
 
 IMAGE_TOKEN = "<image>"
 TOKEN_CHOICES = ("patch", "pooled")
@@ -114,13 +116,13 @@ def _language_model(lm: str, texts: list[str], seed: int):
 
 
 def _load_part(load, path: Path, what: str):
-    """transformers' loaders raise many kinds of errors with multi-line texts: one line naming the part."""
+    """transformers' loaders raise many kinds of errors with multi-line texts: one line naming the part
+    (a pickle that needs code is refused by torch's weights_only loading before anything runs)."""
     try:
         return load()
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
-        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        raise UserError(f"--lm {path}: cannot load its {what} ({first}): pass a complete Hugging Face "
-                        "causal LM directory (config, weights, tokenizer)") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as err:
+        raise UserError(f"--lm {path}: cannot load its {what} ({load_failure(err)}): pass a complete Hugging Face "
+                        "causal LM directory (config, safetensors weights, tokenizer)") from None
 
 
 def build_llava(tower_dir: Path, strategy: str, tokens: str, lm: str, texts: list[str], seed: int = 0):
