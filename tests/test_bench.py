@@ -1,14 +1,20 @@
 """`ov2 bench` at a tiny size: it runs every method in its own process and reports well-formed,
 positive figures. Timings are not asserted (benchmarks are commands, not timed tests)."""
 
+import contextlib
+import io
 import json
+import time
 
 import pytest
 import torch
 
+from openvision2.bench import rounds, runner
+from openvision2.bench.gpu_suite import INJECT_OOM, timing_batch
+from openvision2.bench.gpu_summary import summarize
 from openvision2.bench.methods import METHODS, BenchShape, StepLoss, build_model, make_batch
-from openvision2.bench.gpu_suite import run_suite  # noqa: F401  (imports cleanly without a GPU)
-from openvision2.bench.runner import PeakProbe, find_max_batch
+from openvision2.bench.runner import OutOfTime, PeakProbe, WorkerProcess, find_max_batch
+from openvision2.bench.worker import Worker
 from openvision2.bench.sweep import parse_sweep
 from openvision2.cli import main
 from openvision2.errors import UserError
@@ -55,8 +61,51 @@ def test_max_batch_trials_reuse_one_worker_and_an_allocation_failure_is_a_miss()
     probe = PeakProbe({**spec, "mem_limit_bytes": 256 * 2**20})
     try:
         assert probe(4) > 0 and probe(30000) is None and probe(1) > 0 and probe.worker is not None
+        # the cache is released after the warm-up, then before and after each trial (the failed one too)
+        assert probe.worker.ask({"cmd": "report", "flops": False})["cache_releases"] == 1 + 2 * 3
     finally:
         probe.close()
+
+
+TINY_SPEC = {"device": "cpu", "precision": "fp32", "warmup": 1, "threads": 0, "method": "openvision2",
+             "shape": BenchShape(encoder="mu/8", decoder="mu", image_size=32, vocab_size=64, text_len=12).to_dict()}
+
+
+def test_worker_releases_the_cache_after_warm_up_and_around_trials_never_between_timed_steps():
+    released = []
+    worker = Worker(TINY_SPEC, release_cache=lambda: released.append(1))
+
+    def steps_taken():  # AdamW's step count: every training step the worker ran
+        return int(next(iter(worker.optimizer.state.values()))["step"])
+
+    assert (len(released), steps_taken()) == (1, 1)  # after the warm-up
+    assert len(worker.timed_steps(3)) == 3 and steps_taken() == 5  # one untimed step rebuilds the working set
+    assert len(worker.timed_steps(2)) == 2 and steps_taken() == 7  # warm: no untimed step, no release
+    assert len(released) == 1
+    assert worker.peak(2) > 0 and len(released) == 3  # a clean cache before the trial, none left after
+    assert len(worker.timed_steps(1)) == 1 and steps_taken() == 10 and len(released) == 3
+
+
+def test_a_worker_past_its_deadline_is_stopped_and_a_search_keeps_what_it_found():
+    start = time.monotonic()
+    with pytest.raises(OutOfTime):
+        WorkerProcess(TINY_SPEC, deadline=time.monotonic() + 0.5)  # importing torch alone takes longer
+    assert time.monotonic() - start < 30
+
+    def measure(batch):  # the worker is stopped during the third trial
+        if batch > 2:
+            raise OutOfTime("openvision2")
+        return batch * 2**20
+
+    found = find_max_batch(measure, 2**30, 4096)
+    assert (found["max_batch"], found["stopped_early"]) == (2, True)
+    short = find_max_batch(lambda b: b * 2**20, 2**30, 4096, seconds=0)  # out of time after batches 1 and 2
+    assert (short["max_batch"], short["stopped_early"], len(short["trials"])) == (2, True, 2)
+
+
+def test_the_timing_batch_follows_the_gpus_memory():
+    # OpenVision 1 @224 needs ~100 GiB at batch 256: at most 80% of the GPU, a power of two up to 256
+    assert [timing_batch(gib * 2**30) for gib in (140, 79.6, 40, 24, 8)] == [256, 128, 64, 32, 16]
 
 
 def test_max_batch_fresh_starts_a_worker_per_trial_and_reads_what_a_fresh_process_reads():
@@ -118,19 +167,74 @@ def test_sweep_writes_json_and_png_per_axis_value(tmp_path, capsys):
     assert "bf16 openvision2" in capsys.readouterr().out
 
 
-def test_gpu_suite_dry_run_writes_every_section(tmp_path, capsys):
-    # every section of the GPU check on tiny models (each method's workers, compile with the eager backend,
-    # FSDP2 under torchrun on 1 rank with gloo, a 6-step ov2 train): seconds on an idle machine
-    assert main(["bench", "--suite", "gpu", "--dry-run", "--out", str(tmp_path), "--peak-tflops", "1"]) == 0
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
+class CountingWorker(WorkerProcess):
+    """A real worker that also counts how many are alive at once."""
+
+    started: list = []
+    most = 0
+
+    def __init__(self, *args, **kwargs):
+        alive = sum(worker.process.poll() is None for worker in CountingWorker.started)
+        CountingWorker.most = max(CountingWorker.most, alive + 1)
+        super().__init__(*args, **kwargs)
+        CountingWorker.started.append(self)
+
+
+@pytest.fixture(scope="module")
+def oom_dry_run(tmp_path_factory):
+    """The GPU check's dry run with an out-of-memory in its last section (OpenVision 1's search with
+    activation checkpointing): seconds on an idle machine. Returns (exit status, json, summary, stdout)."""
+    out = tmp_path_factory.mktemp("gpu-check")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(INJECT_OOM, "max_batch_ac:openvision1")
+        patch.setattr(rounds, "WorkerProcess", CountingWorker)
+        patch.setattr(runner, "WorkerProcess", CountingWorker)
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(["bench", "--suite", "gpu", "--dry-run", "--out", str(out), "--peak-tflops", "1"])
+    return code, json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.txt").read_text(), stdout.getvalue()
+
+
+def test_gpu_suite_dry_run_keeps_every_finished_result_when_the_last_section_runs_out_of_memory(oom_dry_run):
+    code, result, text, stdout = oom_dry_run
     sections = result["sections"]
-    assert result["ok"] and result["dry_run"] and set(sections) == {"bench", "max_batch_ac", "compile", "fsdp", "train"}
+    assert code == 1 and result["finished"] and not result["ok"] and result["dry_run"]
+    assert list(sections) == ["train", "fsdp", "bench", "max_batch", "compile", "max_batch_ac"]
+    # the out-of-memory is that one entry's result ...
+    failed = sections["max_batch_ac"]["32"]["openvision1"]
+    assert failed["oom"] and "out of memory" in failed["error"]
+    # ... and everything finished before it (the same section's other search included) is kept
+    assert sections["max_batch_ac"]["32"]["openvision2"]["max_batch"] == 3
     point = sections["bench"]["32"]
     assert set(point["methods"]) == {"openvision2", "openvision1"} and point["methods"]["openvision1"]["mfu"] > 0
-    assert all(sections["max_batch_ac"]["32"][m]["max_batch"] == 3 for m in ("openvision2", "openvision1"))
-    assert point["max_batch_no_ac"]["openvision2"]["at_limit"]
-    assert sections["compile"]["speedup"] > 0 and sections["fsdp"]["backend"] == "gloo"
-    assert len(sections["train"]["losses"]) >= 2 and sections["train"]["loss_fell"]
-    text = (tmp_path / "gpu_check.txt").read_text()
-    assert "DRY RUN" in text and "max batch OV2/OV1" in text and "FSDP2 1 rank (gloo)" in text
-    assert text == capsys.readouterr().out
+    assert all(sections["max_batch"]["32"][m]["max_batch"] == 3 and sections["max_batch"]["32"][m]["at_limit"]
+               for m in ("openvision2", "openvision1"))
+    assert sections["compile"]["speedup"] > 0 and sections["compile"]["compiled"]["mfu"] > 0
+    assert sections["fsdp"]["backend"] == "gloo" and sections["train"]["loss_fell"]
+    assert len(sections["train"]["losses"]) >= 2
+    assert all(s["seconds"] <= s["budget_s"] for s in sections.values())
+    # the summary shows all of it, the failure in its place
+    assert text == stdout and "DRY RUN" in text and "FAILED" in text
+    assert "openvision1  step" in text and "max batch 3+ / with AC OUT OF MEMORY" in text
+    assert "max batch OV2/OV1: 1.00x without AC (paper: 4x)" in text
+    assert "torch.compile (eager) OV2 @32 batch 2" in text and "FSDP2 1 rank (gloo): loss" in text
+    # no two workers were ever alive at once (the compile section's eager and compiled ones included)
+    assert CountingWorker.most == 1 and all(w.process.poll() is not None for w in CountingWorker.started)
+
+
+def test_gpu_summary_shows_a_search_stopped_early_and_a_check_not_finished(oom_dry_run):
+    _, result, _, _ = oom_dry_run
+    found = find_max_batch(lambda b: b * 2**20, 2**30, 4096, seconds=0)  # out of time after batches 1 and 2
+    result["sections"]["max_batch"]["32"]["openvision1"] = {k: found[k] for k in ("max_batch", "at_limit",
+                                                                                   "stopped_early", "miss_above")}
+    result["finished"] = False
+    text = summarize(result)
+    assert "openvision1" in text and "max batch >=2 / with AC OUT OF MEMORY" in text
+    assert "1.50x without AC (a search stopped early: not a measured ratio)" in text
+    assert "stopped early" in text.splitlines()[-1] and "INCOMPLETE" in text.splitlines()[0]
+
+
+def test_gpu_suite_refuses_a_bad_oom_test_hook(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv(INJECT_OOM, "nowhere")
+    assert main(["bench", "--suite", "gpu", "--dry-run", "--out", str(tmp_path)]) == 2
+    assert INJECT_OOM in capsys.readouterr().err and not (tmp_path / "gpu_check.json").exists()

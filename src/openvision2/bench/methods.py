@@ -54,14 +54,19 @@ def batch_fields(method: str) -> tuple[str, ...]:
 
 def _token_rows(batch: int, length: int, vocab: int, generator: torch.Generator) -> torch.Tensor:
     """[bos] words [eos] [CLS], full length: the most expensive case, as with long synthetic captions."""
-    words = torch.randint(min(_FIRST_WORD, vocab // 2), vocab, (batch, length - 3), generator=generator)
-    ends = torch.tensor([_EOS, _CLS]).clamp(max=vocab - 1).expand(batch, 2)
-    return torch.cat([torch.full((batch, 1), _BOS), words, ends], dim=1)
+    device = generator.device
+    words = torch.randint(min(_FIRST_WORD, vocab // 2), vocab, (batch, length - 3), generator=generator, device=device)
+    ends = torch.tensor([_EOS, _CLS], device=device).clamp(max=vocab - 1).expand(batch, 2)
+    return torch.cat([torch.full((batch, 1), _BOS, device=device), words, ends], dim=1)
 
 
-def make_batch(method: str, shape: BenchShape, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    batch = {"images": torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator),
+def make_batch(method: str, shape: BenchShape, batch_size: int, seed: int = 0,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A random batch made where it is used: a largest-batch trial on a GPU draws its images there
+    (tens of thousands of images are seconds of CPU work per trial, then a copy)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    batch = {"images": torch.randn(batch_size, 3, shape.image_size, shape.image_size, generator=generator,
+                                   device=generator.device),
              "captions": _token_rows(batch_size, shape.text_len, shape.vocab_size, generator)}
     if "alt_captions" in batch_fields(method):
         batch["alt_captions"] = _token_rows(batch_size, shape.alt_text_len, shape.vocab_size, generator)

@@ -8,8 +8,19 @@ import time
 import torch
 
 from ..hardware import KNOWN_PEAKS_TFLOPS, known_peak_tflops
+from .runner import log
 
-__all__ = ["KNOWN_PEAKS_TFLOPS", "known_peak_tflops", "matmul_probe_tflops"]
+__all__ = ["KNOWN_PEAKS_TFLOPS", "known_peak_tflops", "matmul_probe_tflops", "measure_peak_tflops"]
+
+
+def measure_peak_tflops(device, precision: str, given: float | None = None) -> tuple[float, str]:
+    """(peak TFLOP/s for MFU, where it comes from), for the precision the steps actually run in."""
+    if given:
+        return given, "given with --peak-tflops"
+    if (known := known_peak_tflops(device, precision)) is not None:
+        return known, f"published dense {precision} peak of {torch.cuda.get_device_name(device)}"
+    log(f"probing the {precision} matmul peak ...")
+    return matmul_probe_tflops(device, precision), f"best {precision} matmul rate measured here"
 
 
 def matmul_probe_tflops(device: torch.device, precision: str, seconds: float = 2.0) -> float:
@@ -28,4 +39,7 @@ def matmul_probe_tflops(device: torch.device, precision: str, seconds: float = 2
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
+    del a, b
+    if device.type == "cuda":  # the caller's process must not keep the probe's blocks while workers run
+        torch.cuda.empty_cache()
     return best / 1e12

@@ -13,6 +13,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from .rounds import base_spec_of, bench_methods, device_name
+from .runner import log
+
 AXES = {"res": ("image_size", int), "batch": ("batch_size", int), "keep_ratio": ("keep_ratio", float),
         "logits_chunk": ("logits_chunk", int), "precision": ("", str)}
 
@@ -42,7 +45,7 @@ def parse_sweep(text: str) -> tuple[str, list]:
 
 def run_sweep(args, device, precision: str, methods: list[str], shape) -> int:
     from ..precision import resolve_precision_name
-    from .train_step import base_spec_of, bench_methods, device_name, log, measure_peak_tflops
+    from .peak import measure_peak_tflops  # imports torch: not when `ov2 --help` builds the parser
 
     axis, values = parse_sweep(args.sweep)
     field = AXES[axis][0]

@@ -1,10 +1,11 @@
 """ov2 bench: train-step time and peak memory of OpenVision 2, OpenVision 1, the CapPa-style
 variant and open_clip's CoCa at one shared shape, side by side.
 
-Each method runs in its own worker process (bench/worker.py), so its peak memory is its own. The
-workers are built and warmed up one after another, then timed in interleaved rounds (each round
-runs every method once, in a rotated order), so that a slow spell of a shared machine lands on all
-of them alike; the step time is the median over rounds. Ratios are printed against OpenVision 2
+Each method runs in its own worker process (bench/worker.py), so its peak memory is its own. On
+CPU the workers are built and warmed up one after another, then timed in interleaved rounds (each
+round runs every method once, in a rotated order), so that a slow spell of a shared machine lands
+on all of them alike; on a GPU each method is built, timed and closed before the next starts (two
+working sets need not fit together; bench/rounds.py). The step time is the median over rounds. Ratios are printed against OpenVision 2
 next to the forward-FLOPs ratio. Throughput is images/s and MFU = 3 x forward FLOPs x images/s
 over a peak of the precision the steps run in (a GPU's published dense bf16 peak when known, else
 a matmul probe in that precision on this machine; `precision=auto` resolves as `ov2 train` does).
@@ -16,8 +17,11 @@ cost curves (bench/sweep.py); `--suite gpu` is the whole GPU check (bench/gpu_su
 from __future__ import annotations
 
 import json
-import statistics
-import sys
+
+from .gpu_suite import run_suite
+from .rounds import base_spec_of, bench_methods, device_name
+from .runner import PeakProbe, WorkerFailed, find_max_batch, log
+from .sweep import run_sweep
 
 HELP = "train-step time, peak memory and MFU of openvision2 vs openvision1, cappa and open_clip CoCa"
 DEFAULT_METHODS = "openvision2,openvision1,cappa,coca"
@@ -41,7 +45,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 32000)")
     parser.add_argument("--keep-ratio", type=float, default=None, help="OpenVision 2 keep ratio (default 0.35)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--rounds", type=int, default=3, help="timing rounds (interleaved on CPU)")
     parser.add_argument("--steps-per-round", type=int, default=1, help="timed steps per method per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per method first")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
@@ -77,10 +81,6 @@ def add_arguments(parser) -> None:
                         help="stop --max-batch once the largest fit and the smallest miss are within this "
                              "fraction (0: adjacent batches)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def resolve(args):
@@ -143,65 +143,16 @@ def resolve(args):
     return torch.device(device), precision, methods, shape
 
 
-def measure_peak_tflops(device, precision: str, given: float | None = None) -> tuple[float, str]:
-    """(peak TFLOP/s for MFU, where it comes from), for the precision the steps actually run in."""
-    from .peak import known_peak_tflops, matmul_probe_tflops
-
-    if given:
-        return given, "given with --peak-tflops"
-    if (known := known_peak_tflops(device, precision)) is not None:
-        import torch
-
-        return known, f"published dense {precision} peak of {torch.cuda.get_device_name(device)}"
-    log(f"probing the {precision} matmul peak ...")
-    return matmul_probe_tflops(device, precision), f"best {precision} matmul rate measured here"
-
-
-def base_spec_of(args, device, precision: str, shape) -> dict:
-    return {"device": device.type, "precision": precision, "shape": shape.to_dict(), "warmup": args.warmup,
-            "threads": args.threads, "activation_checkpointing": args.activation_checkpointing,
-            "compile": args.compile}
-
-
-def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_round: int) -> tuple[dict, dict]:
-    """(step times per method, worker report per method), every method in its own process."""
-    from .runner import WorkerProcess
-
-    workers: dict[str, WorkerProcess] = {}
-    try:
-        for method in methods:  # built one at a time, so no two compete for the cores while warming up
-            log(f"building and warming up {method} ...")
-            workers[method] = WorkerProcess({**base_spec, "method": method})
-        return interleave(workers, rounds, steps_per_round)
-    finally:
-        for worker in workers.values():
-            worker.close()
-
-
-def interleave(workers: dict, rounds: int, steps_per_round: int) -> tuple[dict, dict]:
-    """Timed rounds over started workers (each round in a rotated order), then each one's report."""
-    names = list(workers)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            times[name] += workers[name].ask({"cmd": "steps", "n": steps_per_round})["times"]
-        log(f"round {r + 1}/{rounds}: " + ", ".join(f"{name} {times[name][-1]:.3f}s" for name in names))
-    return times, {name: workers[name].ask({"cmd": "report"}) for name in names}
-
-
 def run(args) -> int:
     from ..errors import UserError
+    from .peak import measure_peak_tflops  # imports torch: not when `ov2 --help` builds the parser
 
     if args.suite:
-        from .gpu_suite import run_suite
-
         return run_suite(args)
     if args.dry_run:
         raise UserError("--dry-run goes with --suite gpu")
     device, precision, methods, shape = resolve(args)
     if args.sweep:
-        from .sweep import run_sweep
-
         return run_sweep(args, device, precision, methods, shape)
     base_spec = base_spec_of(args, device, precision, shape)
     out = {"device": device.type, "device_name": device_name(device), "precision": precision,
@@ -222,61 +173,11 @@ def run(args) -> int:
     return 0
 
 
-def bench_methods(methods: list[str], base_spec: dict, rounds: int, steps_per_round: int, peak: float) -> dict:
-    """{"methods": per-method figures, "ratios_vs_openvision2": ...} from interleaved timed rounds."""
-    from ..errors import UserError
-    from .runner import WorkerFailed
-
-    try:
-        times, reports = timed_rounds(methods, base_spec, rounds, steps_per_round)
-    except WorkerFailed as err:
-        raise UserError(f"benchmark failed in {err} (try a smaller --batch or --model)") from None
-    return summarize(base_spec, times, reports, peak)
-
-
-def summarize(base_spec: dict, times: dict, reports: dict, peak: float) -> dict:
-    """Per-method figures (median step, memory, MFU, counted and analytic FLOPs) and ratios to OV2."""
-    from dataclasses import replace
-
-    from ..methods import count_flops, get_method
-    from ..models.config import ModelConfig
-    from .methods import BenchShape
-
-    shape = BenchShape(**base_spec["shape"])
-    methods = list(times)
-    results = {}
-    for method in methods:
-        step_s = statistics.median(times[method])
-        rep = reports[method]
-        fwd = rep["forward_flops_per_image"]
-        images_per_s = shape.batch_size / step_s
-        results[method] = {
-            "step_s": step_s, "step_s_all": times[method], "images_per_s": images_per_s,
-            "peak_mem_bytes": rep["peak_mem_bytes"], "memory_kind": rep["memory_kind"],
-            "params": rep["params"], "gflops_per_image": fwd / 1e9,
-            "mfu": 3 * fwd * images_per_s / (peak * 1e12),
-            **{k: rep[k] for k in ("peak_rss_bytes", "baseline_rss_bytes", "param_bytes", "optimizer_state_bytes")
-               if k in rep},
-        }
-        if method != "coca":  # the analytic count of `ov2 flops` for the same step (both OV1 texts)
-            model_config = replace(ModelConfig.from_dict(shape.to_dict()), method=method)
-            analytic = count_flops(model_config, get_method(method).train_text_passes)
-            results[method]["gflops_per_image_analytic"] = analytic.total_flops / 1e9
-    ref = results.get("openvision2")
-    ratios = {}
-    if ref:
-        for method, r in results.items():
-            ratios[method] = {"time": r["step_s"] / ref["step_s"], "memory": r["peak_mem_bytes"] / ref["peak_mem_bytes"],
-                              "flops": r["gflops_per_image"] / ref["gflops_per_image"]}
-    return {"methods": results, "ratios_vs_openvision2": ratios}
-
-
 def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float | None, limit: int | None,
                 tolerance: float = 0.0, fresh: bool = False) -> dict:
     """--max-batch: per method, the largest batch whose training step fits the budget (one worker per
     method, one step per trial; bench/runner.py PeakProbe)."""
     from ..errors import UserError
-    from .runner import PeakProbe, WorkerFailed, find_max_batch
 
     if device.type == "cuda":
         import torch
@@ -307,24 +208,6 @@ def max_batches(methods: list[str], base_spec: dict, device, budget_gib: float |
         out["openvision2_over"] = {m: found["openvision2"]["max_batch"] / v["max_batch"]
                                         for m, v in found.items()}
     return out
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    import os
-
-    return f"{model or platform.processor() or 'CPU'} ({os.cpu_count()} cores)"
 
 
 def check_budget(device, budget_gib: float) -> None:

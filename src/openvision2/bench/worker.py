@@ -6,11 +6,22 @@ import and before the model is built, i.e. what the model, its optimizer state a
 It builds the model (with the spec's activation checkpointing and torch.compile, as `ov2 train`
 wraps it), runs the warm-up steps, then answers JSON-line commands on stdin:
   {"cmd": "steps", "n": N}     -> {"times": [...seconds per step...]}
-  {"cmd": "report"}             -> memory, parameter and (unless "flops": false) FLOPs figures
+  {"cmd": "report"}             -> memory, parameter and (unless "flops": false) FLOPs figures, and
+                                   "cache_releases" (how often the worker emptied its cache)
   {"cmd": "peak", "batch": B}   -> {"peak_mem_bytes": bytes or null if out of memory}: one step at
                                    batch B with the peak counter reset first (--max-batch's trial)
   {"cmd": "quit"}
 Every reply is one JSON line on stdout; a failure is {"error": "...", "oom": bool}, then exit.
+
+The GPU allocator's cache (what torch keeps reserved after tensors are freed) is released where
+another measurement would otherwise pay for it, and nowhere else:
+- after the warm-up, so an idle worker holds only its weights and AdamW's state;
+- before and after each "peak" trial (and after one that ran out of memory), so each trial starts
+  from a clean cache and leaves none behind for the next trial or the next method;
+- never by "steps": timed steps reuse the warm working set. The first step after a release rebuilds
+  that working set and is run untimed, so no timed step pays for the allocations.
+On CPU a release is a no-op, but the worker takes the same decisions and counts them
+("cache_releases"), so a test on a CPU sees them.
 
 One process serves every --max-batch trial of a method: the weights and AdamW's state (created by
 the warm-up) are the same at any batch, so each trial needs one step, not a fresh process. The
@@ -20,6 +31,10 @@ peak is reset between trials: on GPU torch's counter; on CPU the kernel's reside
 spec's "mem_limit_bytes" caps the address space the step may add (RLIMIT_AS): a trial that would
 need far more than the budget fails to allocate (reported as out of memory) instead of pushing a
 shared machine into the kernel's OOM killer.
+
+Test hook: a spec whose "inject_oom" lists its method raises torch.OutOfMemoryError at the first step
+(the warm-up), as a GPU would at a batch that does not fit; the GPU check's dry run uses it
+(bench/gpu_suite.py, OV2_GPU_CHECK_OOM_IN) to show that an out-of-memory loses nothing finished.
 """
 
 from __future__ import annotations
@@ -75,7 +90,9 @@ def reply(obj: dict) -> None:
 
 
 class Worker:
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, release_cache=None):
+        """release_cache: what a release calls (default: torch.cuda.empty_cache on a GPU, nothing on
+        CPU); a test passes its own to count the releases."""
         import torch
 
         from ..train.optim import build_optimizer
@@ -85,6 +102,10 @@ class Worker:
         self.method = spec["method"]
         self.device = torch.device(spec["device"])
         self.dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[spec["precision"]]
+        if release_cache is None:
+            release_cache = torch.cuda.empty_cache if self.device.type == "cuda" else (lambda: None)
+        self.release_cache, self.cache_releases, self.cold = release_cache, 0, True
+        self.inject_oom = self.method in spec.get("inject_oom", ())
         self.shape = BenchShape(**spec["shape"])
         if spec.get("threads"):
             torch.set_num_threads(spec["threads"])
@@ -109,9 +130,21 @@ class Worker:
             resource.setrlimit(resource.RLIMIT_AS, (vm + int(spec["mem_limit_bytes"]), resource.RLIM_INFINITY))
         self.optimizer = build_optimizer(self.model, 1e-4, 0.2, (0.9, 0.95), 1e-8)
         self.loss = StepLoss(self.method)
-        self.batch = {k: v.to(self.device) for k, v in make_batch(self.method, self.shape, self.shape.batch_size).items()}
+        self.batch = make_batch(self.method, self.shape, self.shape.batch_size, device=self.device)
         for _ in range(spec["warmup"]):
             self.step()
+        self.release()
+
+    def release(self) -> None:
+        """Hand the allocator's cached blocks back to the GPU; the next step rebuilds its working set."""
+        self.release_cache()
+        self.cache_releases += 1
+        self.cold = True
+
+    def timed_steps(self, n: int) -> list[float]:
+        if self.cold:  # rebuild the working set untimed: timed steps reuse a warm cache
+            self.step()
+        return [self.step() for _ in range(n)]
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -120,6 +153,8 @@ class Worker:
     def step(self) -> float:
         """One training step as `ov2 train` runs it: forward, loss, backward, AdamW, zero_grad."""
         torch = self.torch
+        if self.inject_oom:
+            raise torch.OutOfMemoryError("out of memory (injected by the test hook inject_oom)")
         self.sync()
         start = time.perf_counter()
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -128,6 +163,7 @@ class Worker:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.sync()
+        self.cold = False
         return time.perf_counter() - start
 
     def forward_flops_per_image(self) -> float:
@@ -148,7 +184,8 @@ class Worker:
         state = sum(t.numel() * t.element_size() for s in self.optimizer.state.values() for t in s.values()
                     if torch.is_tensor(t))
         param_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        out = {"params": params, "param_bytes": param_bytes, "optimizer_state_bytes": state}
+        out = {"params": params, "param_bytes": param_bytes, "optimizer_state_bytes": state,
+               "cache_releases": self.cache_releases}
         if self.device.type == "cuda":
             out["peak_mem_bytes"] = torch.cuda.max_memory_allocated(self.device)
             out["memory_kind"] = "cuda max_memory_allocated"
@@ -166,35 +203,34 @@ class Worker:
         torch = self.torch
         self.batch = None
         self.optimizer.zero_grad(set_to_none=True)
+        self.release()  # a clean cache: nothing an earlier trial reserved counts against this one
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             base = 0
         else:
             reset_cpu_peak()
             base = self.baseline_rss
         try:
-            self.batch = {k: v.to(self.device) for k, v in
-                          self.make_batch(self.method, self.shape, batch_size).items()}
+            self.batch = self.make_batch(self.method, self.shape, batch_size, device=self.device)
             self.step()
+            if self.device.type == "cuda":
+                return torch.cuda.max_memory_allocated(self.device)
+            return status_kib("VmHWM") * 1024 - base
         except Exception as err:
             if not is_oom(err, self.capped):
                 raise
             self.batch = None
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device)
-        return status_kib("VmHWM") * 1024 - base
+        finally:  # after the trial's tensors (and an OOM's traceback) are gone: leave no cache behind
+            self.release()
 
     def serve(self) -> None:
         reply({"ready": True})
         for line in sys.stdin:
             command = json.loads(line)
             if command["cmd"] == "steps":
-                reply({"times": [self.step() for _ in range(command["n"])]})
-                if self.device.type == "cuda":
-                    self.torch.cuda.empty_cache()  # let the other workers on this GPU use the cache
+                reply({"times": self.timed_steps(command["n"])})
             elif command["cmd"] == "peak":
                 reply({"peak_mem_bytes": self.peak(command["batch"])})
             elif command["cmd"] == "report":

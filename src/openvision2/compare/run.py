@@ -3,7 +3,7 @@ with one suite, and write OUT/compare.json and OUT/index.html.
 
 Order of work, each part reused when OUT already holds it (so an interrupted comparison resumes):
 1. costs: every method's train step at the preset's shape, each in its own worker process, timed in
-   interleaved rounds (bench/train_step.py's machinery): step time, peak memory, forward FLOPs;
+   rounds (bench/rounds.py: interleaved on CPU, one at a time on a GPU): step time, peak memory, forward FLOPs;
 2. budgets: `steps` gives every method --steps; `wall` and `flops` give each method the steps that
    cost what --steps cost the first method (by the measured step time, or by the FLOPs per step);
 3. training: OUT/METHOD-STEPS is an ordinary run directory (`ov2 train --resume` semantics), so a
@@ -55,7 +55,7 @@ def measure_costs(configs: dict, rounds: int, device: str) -> dict:
 
     from ..bench.methods import BenchShape
     from ..bench.runner import WorkerFailed
-    from ..bench.train_step import timed_rounds
+    from ..bench.rounds import timed_rounds
     from ..precision import resolve_precision
 
     first = next(iter(configs.values()))
