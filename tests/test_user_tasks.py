@@ -181,3 +181,17 @@ def test_a_csv_that_is_not_utf8_is_one_line(checkpoint, tmp_path, capsys):
     assert main(["eval", "zeroshot", "--checkpoint", str(checkpoint), "--task", f"csv:{table}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not UTF-8 text" in err and "CSV UTF-8" in err, err
+
+
+def test_an_unreadable_shard_is_skipped_and_counted(folder, tmp_path):
+    """As in training: one shard that is not a tar archive is passed over and counted; the others are read."""
+    with ShardWriter(tmp_path / "shards", per_shard=64) as writer:
+        for c, name in enumerate(CLASSES):
+            for i in range(4):
+                writer.write(f"{c}{i:03d}", {"png": (folder / name / f"{i:03d}.png").read_bytes(), "json": {"label": name}})
+    (tmp_path / "shards" / "zz-broken.tar").write_bytes(b"<html>not a tar</html>" * 40)
+    task = user_task(f"shards:{tmp_path / 'shards'}", 16)
+    assert task.skipped == {"unreadable_shard": 1}
+    assert len(task.train.labels) + len(task.test.labels) == 12
+    with pytest.raises(UserError, match="skipped: {'unreadable_shard': 1}"):
+        user_task(f"shards:{tmp_path / 'shards' / 'zz-broken.tar'}", 16)

@@ -16,7 +16,8 @@ takes its json "classname" (or "class_name") when present. Without a split in th
 shuffle (seed --seed) puts 20% of the images into the test split. Zero-shot prompts are built-in
 caption beginnings ("a photo of a {}", ...) or the lines of a user's templates file.
 A sample that cannot be used (a missing or unreadable image, a shard sample whose json is broken or
-lacks the label) is skipped and counted in the task's `skipped`, which the commands report.
+lacks the label, every sample of a shard that cannot be read) is skipped and counted in the task's
+`skipped`, which the commands report.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ def _shard_rows(pattern: str, label_key: str, skipped: dict[str, int]) -> list[t
     for path in expand_shards(pattern):
         try:
             index = index_shard(path)
-        except UnreadableShard as err:
-            raise UserError(f"cannot read shard {path}: {err}") from None
+        except UnreadableShard as err:  # as in training: skipped and counted, the other shards still read
+            count_skipped(log, skipped, "unreadable_shard", f"shard {path} ({err})")
+            continue
         for members in index.members:
             image_ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in members), None)
             if image_ext is None or "json" not in members:
@@ -163,7 +165,8 @@ def _shard_rows(pattern: str, label_key: str, skipped: dict[str, int]) -> list[t
             data = reader.read(index, *members[image_ext])
             out.append((lambda d=data: Image.open(io.BytesIO(d)), str(label), info.get("split")))
     if not out:
-        hint = f" (no sample's json has {label_key!r}: set --label-key)" if skipped.get("missing_label") else ""
+        hint = (f" (no sample's json has {label_key!r}: set --label-key)" if skipped.get("missing_label")
+                else f" (skipped: {skipped})" if skipped else "")
         raise UserError(f"shards:{pattern}: no samples with an image and a json label{hint}")
     return out
 
