@@ -1,5 +1,5 @@
 """ov2 bench --sweep AXIS=V1,V2,...: cost curves. Every method is benchmarked at each value of one
-axis (as `ov2 bench` does one point: own worker per method, interleaved rounds), and step time,
+axis (as `ov2 bench` does one point: own worker per method, rounds interleaved on CPU), and step time,
 peak memory and MFU are printed, written to OUT/sweep-AXIS.json and plotted to OUT/sweep-AXIS.png.
 
 Axes: res (image size), batch, keep_ratio (OpenVision 2's share of visual tokens; the other
@@ -85,7 +85,8 @@ def print_sweep(out: dict) -> None:
     s = out["points"][0]["shape"]
     print(f"sweep over {out['axis']}: {s['encoder']}, decoder {s['decoder']}, res {s['image_size']}, "
           f"batch {s['batch_size']}, keep {s['keep_ratio']:g}, logits chunk {s['logits_chunk']} "
-          f"(the swept one varies); {out['device_name']}; median of {out['rounds']} interleaved rounds")
+          f"(the swept one varies); {out['device_name']}; median of {out['rounds']} "
+          f"{'interleaved ' if out['device'] == 'cpu' else ''}rounds")
     print(f"{out['axis']:>10s} {'method':12s} {'step s':>8s} {'img/s':>8s} {'peak mem':>9s} {'MFU':>6s} "
           f"{'time/OV2':>8s} {'mem/OV2':>8s}")
     for point in out["points"]:

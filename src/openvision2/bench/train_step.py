@@ -235,7 +235,8 @@ def print_table(out: dict) -> None:
           f"batch {s['batch_size']}, {s['text_len'] - 1} caption positions, vocab {s['vocab_size']}, "
           f"keep {s['keep_ratio']:g}; {out['precision']} (asked {out.get('precision_asked', out['precision'])}) "
           f"on {out['device_name']}")
-    print(f"peak {out['peak_tflops']:.3g} TFLOP/s ({out['peak_source']}); median of {out['rounds']} interleaved "
+    print(f"peak {out['peak_tflops']:.3g} TFLOP/s ({out['peak_source']}); median of {out['rounds']} "
+          f"{'interleaved ' if out['device'] == 'cpu' else ''}"
           f"rounds x {out['steps_per_round']} step(s) after {out['warmup']} warm-up step(s); logits chunk "
           f"{s['logits_chunk'] or 'off'}, activation checkpointing {out['activation_checkpointing']}"
           + (", compiled" if out["compile"] else ""))
