@@ -135,3 +135,38 @@ def test_coco_file_names_outside_the_image_folder_are_skipped(tmp_path, capsys):
                  "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["samples"] == 1 and result["skipped"] == {"outside_images": 2}
+
+
+def test_a_file_that_is_not_parquet_or_is_damaged_is_one_line(tmp_path, capsys):
+    """Truncated (a download cut short), an HTML error page saved under the name, an empty file, and one
+    whose first page is garbled (found only while reading): one line each, never pyarrow's traceback."""
+    pq.write_table(pa.table({"jpg": [image_bytes(i, fmt="PNG") for i in range(20)],
+                             "caption": [f"photo {i}" for i in range(20)]}), tmp_path / "good.parquet")
+    good = (tmp_path / "good.parquet").read_bytes()
+    damaged = bytearray(good)
+    damaged[4:64] = bytes(60)  # the first page header, right after the leading magic
+    for name, data, why in (("cut", good[:len(good) // 2], "is not a parquet file"),
+                            ("html", b"<html><body>404 Not Found</body></html>", "is not a parquet file"),
+                            ("empty", b"", "is not a parquet file"), ("garbled", bytes(damaged), "is damaged")):
+        (tmp_path / f"{name}.parquet").write_bytes(data)
+        assert main(["shards", "--parquet", str(tmp_path / f"{name}.parquet"), "--out", str(tmp_path / name),
+                     "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err and "re-download it or leave it out" in err, err
+
+
+def test_a_coco_file_too_large_to_parse_whole_is_refused_before_reading(tmp_path, capsys):
+    """A sparse file one byte over the limit: refused from its size (a read would take ~5.5x it in memory)."""
+    from openvision2.data.corpora.coco import MAX_ANNOTATION_BYTES
+
+    path = tmp_path / "captions_huge.json"
+    with open(path, "wb") as f:
+        f.truncate(MAX_ANNOTATION_BYTES + 1)  # no disk used, and never read: it is all zero bytes
+    (tmp_path / "images").mkdir()
+    assert MAX_ANNOTATION_BYTES == 2 ** 30
+    assert main(["shards", "--coco", str(path), "--image-dir", str(tmp_path / "images"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is 1.0 GiB, over the 1 GiB ov2 shards --coco reads whole" in err, err
+    assert main(["shards", "--coco", str(tmp_path / "images"), "--image-dir", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "o")]) == 2  # a directory
+    assert "cannot read the annotation file" in capsys.readouterr().err

@@ -6,19 +6,31 @@ per visit)."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from ...errors import UserError
 from .folder import outside_skip
 
+# The file is parsed whole, ~5.5x its size in memory at the peak: refused beyond this before any of it is
+# read (COCO's own captions_train2017.json is 0.09 GiB).
+MAX_ANNOTATION_BYTES = 2 ** 30
+
 
 def load(annotations: str) -> dict:
     try:
+        size = os.stat(annotations).st_size
+        if size > MAX_ANNOTATION_BYTES:
+            raise UserError(f"annotation file {annotations} is {size / 2**30:.1f} GiB, over the "
+                            f"{MAX_ANNOTATION_BYTES / 2**30:.0f} GiB ov2 shards --coco reads whole: split it into "
+                            "smaller COCO files and add each with --append")
         with open(annotations, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
         raise UserError(f"annotation file {annotations} does not exist") from None
+    except OSError as err:  # a directory, no permission
+        raise UserError(f"cannot read the annotation file {annotations}: {err.strerror}") from None
     except (ValueError, UnicodeDecodeError) as err:
         raise UserError(f"annotation file {annotations} is not JSON: {err}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or \
