@@ -23,6 +23,9 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    # Where small host-side values (token counts, stop flags) are summed: a gloo group beside NCCL, so
+    # reading the sum never waits for the GPU; None = the default group (already gloo on CPUs).
+    host_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -63,7 +66,8 @@ def init_world() -> World:
         backend, timeout = "nccl" if device.type == "cuda" else "gloo", datetime.timedelta(minutes=30)
         dist.init_process_group(backend, timeout=timeout, store=_attempt_store(world_size, timeout), rank=rank,
                                 world_size=world_size, device_id=device if device.type == "cuda" else None)
-    return World(rank, world_size, local_rank, device)
+    host_group = dist.new_group(backend="gloo") if world_size > 1 and device.type == "cuda" else None
+    return World(rank, world_size, local_rank, device, host_group)
 
 
 def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
@@ -80,6 +84,13 @@ def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store |
 def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
     if world.distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_host(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum a CPU tensor over ranks on the host: its values can be read at once, with no device sync."""
+    if world.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=world.host_group)
     return tensor
 
 

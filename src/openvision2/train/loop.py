@@ -35,7 +35,7 @@ from . import rundir, state as ckpt
 from .config import TrainConfig
 from .backend import apply_backend, backend_for, to_device
 from .batching import device_memory_gib, requested_split, split_batch
-from .distributed import World, all_reduce_sum, barrier, init_world
+from .distributed import World, all_reduce_host, all_reduce_sum, barrier, init_world
 from .factory import build_model
 from .faults import BadStepGuard, PreemptionFlag
 from .init_from import load_init_weights, tokenizer_source
@@ -128,10 +128,21 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def grad_norm(model) -> float:
+def grad_norm(model, device) -> torch.Tensor:
+    """The global gradient norm, left on the device (under FSDP a collective, still no host sync)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def read_steps(unread: list, guard: BadStepGuard, last_saved: str | None) -> tuple[float, float]:
+    """The host values of the steps run since the last read, in one transfer (the only host sync of
+    the training steps); the guard counts each of them. Returns the last step's (loss, grad norm)."""
+    values = torch.stack([torch.stack([loss.double(), norm.double()]) for _, loss, norm in unread]).tolist()
+    for (step, _, _), (loss, norm) in zip(unread, values):
+        guard.check(step, loss, norm, last_saved)
+    unread.clear()
+    return values[-1]
 
 
 def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resume: bool = False,
@@ -248,6 +259,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
 
     def save(step: int) -> None:
         nonlocal last_saved
+        if unread:  # the skipped-step count it saves covers every step taken
+            read_steps(unread, guard, last_saved)
         train_state = {"step": step, "loader": batches.state_dict(), "first_val_loss": first_val,
                        "skipped_steps": guard.skipped, "lr_schedule": {"peak_lr": optim.peak_lr,
                        "warmup_steps": optim.warmup_steps, "total_steps": optim.steps}}
@@ -265,7 +278,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     stream, trace = iter(batches), os.environ.get(TRACE_SAMPLES)
     bar = tqdm(range(start_step + 1, optim.steps + 1), disable=not (progress and world.is_main), desc="train",
                dynamic_ncols=True, initial=start_step, total=optim.steps)
-    window, preempted, step = Window(), False, start_step
+    window, preempted, step, unread = Window(), False, start_step, []
     model.train()
     with PreemptionFlag() as sigterm:
         for step in bar:
@@ -275,9 +288,9 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
             data_seconds = time.perf_counter() - started
             if trace:
                 trace_samples(trace, step, micro, world)
-            local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), float(sigterm.raised)],
-                                 dtype=torch.float64, device=device)
-            global_tokens, stop = all_reduce_sum(local, world).tolist()
+            local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), int(sigterm.raised)],
+                                 dtype=torch.int64)
+            global_tokens, stop = all_reduce_host(local, world).tolist()
             token_scale = world.world_size / max(global_tokens, 1.0)
 
             set_lr(optimizer, optim.peak_lr * warmup_cosine(step - 1, optim.warmup_steps, optim.steps))
@@ -294,14 +307,24 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
                 if step == start_step + 1 and i == 0 and int(out["num_tokens"]) != loss_tokens(batch, tokenizer.pad_id):
                     raise UserError(f"method {model_config.method!r} counts {int(out['num_tokens'])} loss tokens where the "
                                     f"loop counts {loss_tokens(batch, tokenizer.pad_id)}: its caption mask differs")
-            loss = float(all_reduce_sum(nll_total, world)) / max(global_tokens, 1.0)
-            norm = grad_norm(wrapped)
-            if guard.check(step, loss, norm, last_saved):
+            # The loss and gradient norm stay on the device, read (read_steps) only on the steps that
+            # report, evaluate, save or stop; a non-finite step's update is skipped without reading them.
+            loss_t = all_reduce_sum(nll_total, world) / max(global_tokens, 1)
+            norm_t = grad_norm(wrapped, device)
+            finite = torch.isfinite(loss_t) & torch.isfinite(norm_t)
+            if backend.fused_adamw:  # the fused update skips itself where found_inf is 1
+                optimizer.found_inf = (~finite).float()
+                optimizer.step()
+            elif finite:  # a CPU reads it at no cost
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             window.add(optim.batch_size, int(global_tokens), data_seconds)
+            unread.append((step, loss_t, norm_t))
+            reporting = step % run.log_every == 0 or step == optim.steps
+            if reporting or stop or step % run.ckpt_every == 0 or step % config.eval.every == 0:
+                loss, norm = read_steps(unread, guard, last_saved)
 
-            if step % run.log_every == 0 or step == optim.steps:
+            if reporting:
                 record = {"step": step, "loss": loss, "lr": optimizer.param_groups[0]["lr"], "grad_norm": norm,
                           **window.summary(flops, world.world_size, peak_tflops, device),
                           "skipped_steps": guard.skipped}
