@@ -103,6 +103,8 @@ def test_kill_during_a_checkpoint_save_resumes_from_the_previous(tmp_path, unint
     assert not list(checkpoints.glob(".tmp-*"))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r].count(4) == 1  # the resume's step-0 evaluation
+    logged = [r["step"] for r in records if "loss" in r]  # the killed run had logged steps 5 and 6 already
+    assert logged == list(range(1, STEPS + 1))  # every step once (issue 24 item 22)
     assert_same_run(tmp_path, uninterrupted)
     assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-0000010", "step-0000012"]  # pruned to 2
 
@@ -171,5 +173,10 @@ def test_resume_with_another_model_is_one_clear_error(tmp_path):
     from openvision2.errors import UserError
 
     train(tiny_config(steps=2), tmp_path, progress=False)
+    with pytest.raises(UserError, match="--resume with model.decoder=nano changes the run .*used model.decoder=mu"):
+        train(tiny_config(steps=4, decoder="nano"), tmp_path, progress=False, resume=True)
+    # a checkpoint from before the settings were saved in it still gets the load's own one line
+    config = tmp_path / "checkpoints" / "step-0000002" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "train"}))
     with pytest.raises(UserError, match="cannot resume from .*step-0000002: it does not fit"):
         train(tiny_config(steps=4, decoder="nano"), tmp_path, progress=False, resume=True)

@@ -4,6 +4,7 @@ code. The multi-process cases (SIGTERM to the process group, two runs into one d
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -85,6 +86,23 @@ def test_a_planted_metadata_pickle_never_runs(tmp_path, capsys):
     error = cli_error(capsys, *train_args(quick(steps=4, ckpt_every=2), out, "--resume"))
     assert not marker.exists()
     assert "tampered" in error
+
+
+def test_a_planted_rank_state_pickle_is_refused_and_never_runs(tmp_path, capsys):
+    """Issue 24 item 17: the newest checkpoint's per-rank file is a pickle that calls a function: the
+    run stops saying that checkpoint was refused (no silent fall back), and never quotes torch's advice
+    to load it with weights_only=False."""
+    out, marker = tmp_path / "run", tmp_path / "executed"
+    train(quick(steps=4, ckpt_every=2), out, progress=False)
+    (out / "checkpoints" / "step-0000004" / "rank-00000.pt").write_bytes(pickle.dumps(Planted(marker)))
+    capsys.readouterr()
+    assert main(train_args(quick(steps=6, ckpt_every=2), out, "--resume")) == 2
+    printed = capsys.readouterr()
+    assert not marker.exists() and "weights_only" not in printed.out + printed.err
+    error = printed.err.strip().splitlines()
+    assert len(error) == 1 and "rank-00000.pt is not a train state ov2 wrote" in error[0]
+    assert "checkpoint step-0000004 is refused and nothing of it was loaded" in error[0]
+    assert latest_name(out) == "step-0000004"
 
 
 def test_checkpoint_state_holds_only_tensors(tmp_path):
@@ -234,6 +252,26 @@ def test_disk_full_is_one_line_and_keeps_latest(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="^disk full: saving step 4 needs"):
         train(quick(steps=6, ckpt_every=2, keep_checkpoints=1), tmp_path / "run", progress=False)
     assert latest_name(tmp_path / "run") == "step-0000002"
+
+
+def test_a_first_save_on_a_full_disk_is_one_line_and_leaves_no_partial_save(tmp_path, monkeypatch, capsys):
+    """Issue 24 item 8: no checkpoint yet to measure, so the first save is checked against an estimate;
+    and a disk that fills during the write (inside DCP) is one line, the partial save removed."""
+    from torch.distributed.checkpoint import filesystem
+
+    monkeypatch.setattr(ckpt, "free_bytes", lambda path: 1000)
+    error = cli_error(capsys, *train_args(quick(steps=2, ckpt_every=2), tmp_path / "a"))
+    assert "disk full: saving step 2 needs about" in error
+    assert list((tmp_path / "a" / "checkpoints").iterdir()) == []
+    monkeypatch.undo()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(filesystem, "_write_item", no_space)
+    error = cli_error(capsys, *train_args(quick(steps=2, ckpt_every=2), tmp_path / "b"))
+    assert "disk full while saving step 2" in error and "--resume" in error
+    assert list((tmp_path / "b" / "checkpoints").iterdir()) == []
 
 
 # --- 9. a checkpoint whose weights are not finite is never published ---

@@ -12,7 +12,7 @@ import pkgutil
 import sys
 
 from . import __version__, commands
-from .errors import UserError
+from .errors import UserError, one_line
 from .logs import setup_logging
 
 
@@ -52,17 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def one_line(err: UserError) -> str:
-    """The message of a UserError; one raised in a DataLoader worker arrives re-raised by torch with the
-    worker's whole traceback as its message, whose last line is the original one."""
-    text = str(err)
-    if "\nOriginal Traceback" not in text:
-        return text
-    last = text.rstrip().splitlines()[-1]
-    name = f"{UserError.__module__}.{UserError.__name__}: "
-    return last[len(name):] if last.startswith(name) else last
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.command)
@@ -70,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except UserError as err:
         print(f"ov2 {args.command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"ov2 {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -36,6 +36,25 @@ class TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+class ShowOnce(logging.Filter):
+    """A record logged with extra={"once": key} is shown the first time its key comes, in this process:
+    DataLoader workers send their records here (data/workers.py), so a bad sample that several workers
+    meet (each reads every shard in some epoch) is named once, not once per worker."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = getattr(record, "once", None)
+        if key is None:
+            return True
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def setup_logging(command: str = "", level: int = logging.INFO) -> None:
     """Route the "openvision2" loggers through one TqdmHandler (idempotent; the CLI names its command)."""
     root = logging.getLogger(ROOT)
@@ -43,6 +62,7 @@ def setup_logging(command: str = "", level: int = logging.INFO) -> None:
     if handler is None:
         handler = TqdmHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(ShowOnce())
         root.addHandler(handler)
         root.propagate = False
     handler.command = command or handler.command

@@ -21,14 +21,18 @@ def option(default, help: str, *, low=None, high=None, low_open: bool = False, h
     return field(default=default, metadata=meta)
 
 
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"  # a bound of 2**28 shown whole
+
+
 def _range_text(meta: dict) -> str:
-    low = "" if meta["low"] is None else f"{'(' if meta['low_open'] else '['}{meta['low']:g}"
-    high = "" if meta["high"] is None else f"{meta['high']:g}{')' if meta['high_open'] else ']'}"
+    low = "" if meta["low"] is None else f"{'(' if meta['low_open'] else '['}{_number(meta['low'])}"
+    high = "" if meta["high"] is None else f"{_number(meta['high'])}{')' if meta['high_open'] else ']'}"
     if low and high:
         return f"in {low}, {high}"
     if low:
-        return f"{'>' if meta['low_open'] else '>='} {meta['low']:g}"
-    return f"{'<' if meta['high_open'] else '<='} {meta['high']:g}" if high else ""
+        return f"{'>' if meta['low_open'] else '>='} {_number(meta['low'])}"
+    return f"{'<' if meta['high_open'] else '<='} {_number(meta['high'])}" if high else ""
 
 
 def check_value(name: str, value, meta: dict) -> None:

@@ -50,7 +50,7 @@ class BadSampleLog:
             where = f"{shard}:{key}" if key else shard
             log.warning("%s %s (%s)%s; further %s in this shard are counted, not logged",
                         "kept" if reason in KEPT else "skipped", where, reason, f": {detail}" if detail else "",
-                        reason)
+                        reason, extra={"once": (shard, reason)})  # once per run, whichever worker meets it
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)

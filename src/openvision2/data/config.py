@@ -14,9 +14,12 @@ WORDPIECE_VOCAB = 32000  # OpenVision's BERT WordPiece vocabulary (DESIGN.md §3
 @dataclass
 class DataConfig:
     dataset: str = option("synthetic", "the embedded synthetic dataset, or WebDataset shards", choices=DATASETS)
-    train_samples: int = option(100_000, "size of the embedded dataset's train split", low=1)
-    val_samples: int = option(256, "held-out images for the validation loss and the printed captions", low=1)
-    num_workers: int = option(1, "data loader worker processes (0: load in the training process)", low=0)
+    train_samples: int = option(100_000, "size of the embedded dataset's train split", low=1, high=10**7,
+                                high_open=False)
+    val_samples: int = option(256, "held-out images for the validation loss and the printed captions", low=1,
+                              high=65_536, high_open=False)
+    num_workers: int = option(1, "data loader worker processes (0: load in the training process)", low=0, high=256,
+                              high_open=False)
     # --- WebDataset shards (dataset=shards; `ov2 shards` writes them; data/shards.py) ---
     train_shards: str = option("", "training shards: data/train-{000000..000099}.tar, a directory, "
                                    "or weighted a-{0..9}.tar@0.7;b.tar@0.3")
@@ -41,7 +44,7 @@ class DataConfig:
                                          "training captions)", choices=TOKENIZERS)
     tokenizer_path: str = option("", "a BERT vocab.txt / tokenizer.json; empty = the bundled one")
     # the BPE's five special tokens and a few pieces at the least
-    bpe_vocab_size: int = option(256, "vocabulary size of the fitted BPE", low=8)
+    bpe_vocab_size: int = option(256, "vocabulary size of the fitted BPE", low=8, high=2**20, high_open=False)
 
     def validate(self) -> "DataConfig":
         check_fields(self, "")

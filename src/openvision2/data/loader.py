@@ -14,7 +14,7 @@ from collections import Counter
 from torch.utils.data import DataLoader
 
 from .shards import ShardDataset
-from .workers import ignore_sigterm, iterate
+from .workers import init_worker, iterate
 
 log = logging.getLogger("openvision2.data")
 
@@ -32,7 +32,7 @@ class ShardBatches:
     def _start(self) -> None:
         loader = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-                            persistent_workers=False, worker_init_fn=ignore_sigterm)
+                            persistent_workers=False, worker_init_fn=init_worker)
         self._iterator = iterate(loader)
 
     def __iter__(self):

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UserError
-from .workers import ignore_sigterm, iterate
+from .workers import init_worker, iterate
 
 
 class ResumableBatches:
@@ -76,7 +76,7 @@ class ResumableBatches:
         loader = DataLoader(self.dataset, batch_sampler=self._index_lists(self.position, self._delivered),
                             collate_fn=self.collate, num_workers=self.num_workers,
                             persistent_workers=False, prefetch_factor=4 if self.num_workers else None,
-                            worker_init_fn=ignore_sigterm)
+                            worker_init_fn=init_worker)
         for micro_batch in iterate(loader):
             self._delivered += 1
             if self._delivered == self.micro_batches:

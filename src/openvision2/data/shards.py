@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import UserError
+from ..errors import DataSourceFailed, UserError
 from .badsamples import BadSample, BadSampleLog
 from .remote import RemoteOptions, ShardCache, is_remote, sizes_beside
 from .tarindex import MAX_INFLATED_BYTES, ShardIndex, ShardReader, UnreadableShard, index_shard
@@ -309,7 +309,7 @@ class SourceStream:
                 self.group = self._load_group(record=self.pos == 0)
             if self.pos >= self.group.size:
                 if self._idle_shards > self.per_epoch:
-                    raise UserError(f"shard source {self.source_id} ({self.shards[0]} ...) gave no usable sample "
+                    raise DataSourceFailed(f"shard source {self.source_id} ({self.shards[0]} ...) gave no usable sample "
                                     "in a whole pass over its shards; the log names the problems")
                 self.cursor += self.group.length
                 self.pos, self.group = 0, None

@@ -23,7 +23,7 @@ class EvalConfig:
     every: int = option(100, "steps between held-out evaluations (and at the end)", low=1, alias="eval_every")
     evals: str = option("zeroshot,captions", "comma list of zeroshot, captions, probe; empty = none")
     images: int = option(256, "held-out images per evaluation (probes train on twice as many)", low=1,
-                         alias="eval_images")
+                         high=65_536, high_open=False, alias="eval_images")
     task: str = option("", "zero-shot / probe task; empty = the dataset's (synthetic-object), or fashion-mnist",
                        alias="eval_task")
     shards: str = option("", "Fashion-MNIST shard directory for task fashion-mnist; empty = val_shards' directory",

@@ -19,6 +19,8 @@ METHOD_NAMES = ("openvision2", "openvision1", "cappa")
 NO_DECODER = "none"  # ModelConfig.decoder for an encoder-only model
 DECODER_MASKS = ("causal", "prefix")
 TEXT_POSITIONS = ("none", "learned")
+# Sizes beyond any real model: a typo (text_len=100000) gets one line, not a kernel OOM kill.
+MAX_IMAGE_SIZE, MAX_TEXT_LEN = 4096, 2048
 
 
 @dataclass
@@ -29,7 +31,7 @@ class ModelConfig:
                          choices=METHOD_NAMES)
     encoder: str = option("L/14", "ViT size/patch, e.g. L/14, S/16, nano/16 (DESIGN.md §1.1)")
     decoder: str = option("L", "caption decoder size (DESIGN.md §2); none = an encoder-only model")
-    image_size: int = option(224, "image side in pixels", low=1)
+    image_size: int = option(224, "image side in pixels", low=1, high=MAX_IMAGE_SIZE, high_open=False)
     keep_ratio: float = option(0.35, "fraction of the encoder's output tokens the decoder sees in training",
                                low=0.0, low_open=True, high=1.0, high_open=False)
     eval_keep_ratio: float = option(
@@ -40,7 +42,8 @@ class ModelConfig:
                                choices=DECODER_MASKS)
     text_pos: str = option("none", "decoder text positions: none as released, or learned", choices=TEXT_POSITIONS)
     vocab_size: int = option(32000, "vocabulary size (set from the tokenizer)", low=1, derived=True)
-    text_len: int = option(128, "caption sequence length including the trailing [CLS] (DESIGN.md §3.2)", low=3)
+    text_len: int = option(128, "caption sequence length including the trailing [CLS] (DESIGN.md §3.2)", low=3,
+                           high=MAX_TEXT_LEN, high_open=False)
     pad_id: int = option(0, "[pad] id (set from the tokenizer)", low=0, derived=True)
     # Encoder options beyond the paper (default = the paper's ViT): a LayerNorm before the blocks
     # (what HF CLIPVisionModel / LLaVA-1.5 need) and no CLS token (what SiglipVisionModel needs).
@@ -52,7 +55,8 @@ class ModelConfig:
                                low=0)
     # --- OpenVision 1 (DESIGN.md §6) ---
     text_encoder: str = option("", "OpenVision 1's text encoder size; empty = the decoder's size")
-    alt_text_len: int = option(80, "OpenVision 1's alt-text / sub-caption length, [CLS] included", low=3)
+    alt_text_len: int = option(80, "OpenVision 1's alt-text / sub-caption length, [CLS] included", low=3,
+                               high=MAX_TEXT_LEN, high_open=False)
     embed_dim: int = option(0, "OpenVision 1's contrastive width; 0 = the text encoder's width", low=0)
     clip_loss_weight: float = option(1.0, "OpenVision 1's weight of the contrastive loss", low=0.0)
     max_logit_scale: float = option(0.0, "OpenVision 1's logit-scale clamp: 0 = none, as released; 100 = CLIP's",

@@ -30,7 +30,8 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class OptimConfig:
     """AdamW with warmup + cosine (DESIGN.md §4.4, §4.5)."""
 
-    batch_size: int = option(256, "global batch (all ranks and micro-batches together)", low=1)
+    batch_size: int = option(256, "global batch (all ranks and micro-batches together)", low=1, high=2**20,
+                             high_open=False)
     steps: int = option(1000, "optimizer steps", low=1)
     warmup_steps: int = option(100, "linear warmup steps", low=0)
     base_lr: float = option(8e-6, "learning rate per 256 images: peak LR = base_lr x batch_size / 256",
@@ -81,7 +82,8 @@ class ParallelConfig:
 class RunConfig:
     """Bookkeeping: seed, logging, checkpoints, where the weights start, when a run gives up."""
 
-    seed: int = option(0, "seed of the data order, the initialisation and the token masks", low=0)
+    # The mask seed (seed x 1 000 003 + step) x 65 537 + micro-batch stays below 2**64 (torch.manual_seed).
+    seed: int = option(0, "seed of the data order, the initialisation and the token masks", low=0, high=2**28)
     log_every: int = option(10, "steps between metric records", low=1)
     ckpt_every: int = option(500, "steps between checkpoints (and at the end)", low=1)
     keep_checkpoints: int = option(2, "checkpoints kept (older ones are deleted)", low=1)

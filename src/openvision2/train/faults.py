@@ -1,17 +1,21 @@
-"""Surviving what goes wrong at scale: non-finite steps and preemption."""
+"""Surviving what goes wrong at scale: non-finite steps, preemption and a data source that fails."""
 
 from __future__ import annotations
 
 import math
 import signal
 import threading
+from pathlib import Path
 
-from ..errors import UserError
+from ..checkpoint import LATEST
+from ..errors import DataSourceFailed, UserError, one_line
 
 # The exit status of a run stopped by SIGTERM after saving its checkpoint: EX_TEMPFAIL of sysexits.h
 # ("try again later"). Not 0, so SLURM --requeue, torchrun and scripts see an unfinished run; not 143
 # (what dying of SIGTERM looks like), so they can tell a clean preemption from a crash.
 PREEMPTED_EXIT = 75
+# A run whose data source failed for good, after saving its checkpoint: EX_UNAVAILABLE of sysexits.h.
+DATA_FAILED_EXIT = DataSourceFailed.exit_code
 
 
 class TrainingDiverged(UserError):
@@ -61,3 +65,15 @@ class PreemptionFlag:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def data_source_failed(err: Exception, checkpoints: Path) -> UserError:
+    """The error a run stops with when its data source failed for good (the loop has saved the last step
+    taken). A run with no checkpoint never had its data (a wrong source: exit 2); any other has lost its
+    data on the way and continues from its checkpoint once the data is back (DataSourceFailed, exit 69)."""
+    pointer = checkpoints / LATEST
+    if not pointer.is_file():
+        return UserError(one_line(err))
+    return DataSourceFailed(f"the training data failed ({one_line(err)}); the run is saved in "
+                            f"{checkpoints / pointer.read_text().strip()}: continue with --resume once the data "
+                            f"is back")

@@ -186,17 +186,21 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
-def make_room(checkpoints: Path, keep: int, step: int) -> None:
-    """Before a save (rank 0): the new checkpoint needs about as much as the last one. If it does not
-    fit, prune down to keep - 1 old checkpoints first (never `latest`); if it still does not fit,
-    stop with "disk full" rather than fail inside torch half-way through the save."""
+def estimated_bytes(model: torch.nn.Module) -> int:
+    """A first checkpoint's size: the weights in DCP, AdamW's two moments, and the consolidated export."""
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def make_room(checkpoints: Path, keep: int, step: int, estimate: int) -> None:
+    """Before a save (rank 0): the new checkpoint needs about as much as the last one (the first one:
+    `estimate`). If it does not fit, prune down to keep - 1 old checkpoints first (never `latest`); if it
+    still does not fit, stop with "disk full" rather than fail inside torch half-way through the save."""
     published = sorted(checkpoints.glob("step-*"))
-    if not published:
-        return
-    need = int(directory_bytes(published[-1]) * SPACE_MARGIN)
+    need = int((directory_bytes(published[-1]) if published else estimate) * SPACE_MARGIN)
     if free_bytes(checkpoints) >= need:
         return
-    prune(checkpoints, max(keep - 1, 1))
+    if published:
+        prune(checkpoints, max(keep - 1, 1))
     free = free_bytes(checkpoints)
     if free < need:
         raise UserError(f"disk full: saving step {step} needs about {need / 2**20:.1f} MiB in {checkpoints}, "
@@ -215,9 +219,10 @@ def save_training_state(checkpoints: Path, step: int, model: torch.nn.Module, op
     problem = None
     if world.is_main:
         try:
-            make_room(checkpoints, keep, step)
+            checkpoints.mkdir(parents=True, exist_ok=True)
+            make_room(checkpoints, keep, step, estimated_bytes(model))
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp.mkdir()
         except UserError as err:
             problem = str(err)
     problem = broadcast_object(problem, world)
@@ -236,8 +241,9 @@ def save_training_state(checkpoints: Path, step: int, model: torch.nn.Module, op
         full = full_model_state(model)
         if world.is_main:
             write_export(tmp, full, model_config, tokenizer, {"step": step, **extra})
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
+    except (Exception, dcp.api.CheckpointException) as err:  # DCP's collects each rank's error
+        shutil.rmtree(tmp, ignore_errors=True)  # a partial save never stays to fill the disk further
+        if disk_full(err):
             raise UserError(f"disk full while saving step {step} into {checkpoints}: free some space (or lower "
                             f"keep_checkpoints), then continue with --resume") from None
         raise
@@ -249,6 +255,23 @@ def save_training_state(checkpoints: Path, step: int, model: torch.nn.Module, op
         prune(checkpoints, keep)
     barrier(world)
     return final
+
+
+def disk_full(err: BaseException) -> bool:
+    """ENOSPC (or a quota) anywhere in err: raised itself, as the cause of another error, or among the
+    failures DCP's CheckpointException collects from the ranks ({rank: (exception, traceback)})."""
+    pending, seen = [err], set()
+    while pending:
+        item = pending.pop()
+        if isinstance(item, tuple):
+            item = item[0] if item else None
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        pending += [item.__cause__, item.__context__, *getattr(item, "failures", {}).values()]
+    return False
 
 
 def publish(tmp: Path, final: Path) -> None:
@@ -272,6 +295,21 @@ def clean_partial_saves(checkpoints: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def load_rank_state(path: Path) -> dict:
+    """A rank's train state (tensors, numbers, strings, lists, dicts). A file that needs more to load
+    (a pickle naming a function: what a planted file does) is refused as UnsafeCheckpoint; torch's
+    advice to load it anyway is not passed on."""
+    try:
+        with warnings.catch_warnings():  # torch's note on a pickle protocol it did not write: not ours either
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeCheckpoint(f"{path} is not a train state ov2 wrote (it holds more than tensors and numbers: "
+                               f"it may have been tampered with); checkpoint {path.parent.name} is refused and "
+                               f"nothing of it was loaded. Remove {path.parent} to resume from the previous "
+                               f"checkpoint, or resume from a checkpoint you trust") from None
+
+
 def incomplete(directory: Path) -> str | None:
     """Why a checkpoint directory cannot be resumed from (a missing or truncated file), or None.
     Raises UnsafeCheckpoint for metadata that asks to run code."""
@@ -291,7 +329,7 @@ def incomplete(directory: Path) -> str | None:
         if not ranks:
             return "rank-00000.pt is missing"
         for rank_file in ranks:
-            torch.load(rank_file, weights_only=True)
+            load_rank_state(rank_file)
     except UnsafeCheckpoint:
         raise
     except Exception as err:  # OSError, ValueError, SafetensorError, UnpicklingError, EOFError, RuntimeError
@@ -351,7 +389,7 @@ def load_training_state(directory: Path, model: torch.nn.Module, optimizer, worl
                         f"({first_line}); resume with the configuration it was saved with") from None
     own = directory / f"rank-{world.rank:05d}.pt"
     # A resume on more ranks than saved takes rank 0's file (the synthetic stream is rank-independent).
-    train_state = torch.load(own if own.is_file() else directory / "rank-00000.pt", weights_only=True)
+    train_state = load_rank_state(own if own.is_file() else directory / "rank-00000.pt")
     set_rng_state(train_state.pop("rng"))
     return train_state
 
