@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .. import durable
 from ..data.build import CaptionCollate, build_from_config, build_tokenizer, fixed_batch, train_batches
-from ..errors import UserError
+from ..errors import DataSourceFailed, UserError
 from ..generate import greedy_caption
 from ..logs import get_logger, setup_logging
 from ..methods import get_method
@@ -37,7 +37,7 @@ from .backend import apply_backend, backend_for, to_device
 from .batching import device_memory_gib, requested_split, split_batch
 from .distributed import World, all_reduce_host, all_reduce_sum, barrier, init_world
 from .factory import build_model
-from .faults import BadStepGuard, PreemptionFlag
+from .faults import BadStepGuard, PreemptionFlag, data_source_failed
 from .init_from import load_init_weights, tokenizer_source
 from .metrics import MetricsLog, Window, device_peak_tflops, train_flops_per_sample
 from .optim import build_optimizer, warmup_cosine
@@ -158,7 +158,10 @@ def train(config: TrainConfig, out_dir: str | Path, progress: bool = True, resum
     # torchrun's elastic agent restarts failed workers: they pick the run up where it was saved.
     resume = resume or world.restart_count > 0
     with rundir.owned(out_dir, world, resume, overwrite):
-        return _train(config, out_dir, world, progress, resume, inherit or {})
+        try:
+            return _train(config, out_dir, world, progress, resume, inherit or {})
+        except DataSourceFailed as err:  # the step taken last is saved: say where, and how to continue
+            raise data_source_failed(err, out_dir / "checkpoints") from None
 
 
 def resolve_choices(config: TrainConfig, out_dir: Path, world: World, resume: bool, inherit: dict) -> dict:
@@ -197,6 +200,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     resume_from = ckpt.latest_checkpoint(checkpoints, warn=log) if resume else None
     if resume and resume_from is None and checkpoints.is_dir():
         log(f"no checkpoint in {checkpoints} yet: starting from scratch")
+    if resume_from is not None:
+        rundir.check_resume_settings(config, resume_from)
     if world.is_main and checkpoints.is_dir():
         ckpt.clean_partial_saves(checkpoints)
     barrier(world)
@@ -245,8 +250,10 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         log(f"resumed from {resume_from} at step {start_step}")
 
     resolved["tokenizer"] = f"{config.data.tokenizer} vocab {tokenizer.vocab_size}"
-    metrics = None
+    metrics, recorded_at_start = None, set()
     if world.is_main:
+        if resume:  # the steps after the checkpoint are done again: their old records go
+            recorded_at_start = rundir.rewind_metrics(out_dir, start_step)
         durable.write_durably(out_dir / "config.json", json.dumps({**config.to_dict(), "resolved": resolved},
                                                                   indent=2) + "\n")
         metrics = MetricsLog(out_dir, run.tensorboard, config.to_dict())
@@ -257,11 +264,11 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         f"{where}; peak lr {optim.peak_lr:.3g}")
     last_saved = str(resume_from) if resume_from else None
 
-    def save(step: int) -> None:
+    def save(step: int, loader: dict | None = None) -> None:
         nonlocal last_saved
         if unread:  # the skipped-step count it saves covers every step taken
             read_steps(unread, guard, last_saved)
-        train_state = {"step": step, "loader": batches.state_dict(), "first_val_loss": first_val,
+        train_state = {"step": step, "loader": loader or batches.state_dict(), "first_val_loss": first_val,
                        "skipped_steps": guard.skipped, "lr_schedule": {"peak_lr": optim.peak_lr,
                        "warmup_steps": optim.warmup_steps, "total_steps": optim.steps}}
         path = ckpt.save_training_state(checkpoints, step, wrapped, optimizer, tokenizer, model_config.to_dict(),
@@ -270,7 +277,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
 
     val_loss = evaluate_loss(eval_model, val_batch, device, dtype)
     first_val = val_loss if first_val is None else first_val
-    if metrics:
+    if metrics and "val_loss" not in recorded_at_start:
         metrics.write({"step": start_step, "val_loss": val_loss})
 
     flops = train_flops_per_sample(model_config)
@@ -279,18 +286,27 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
     bar = tqdm(range(start_step + 1, optim.steps + 1), disable=not (progress and world.is_main), desc="train",
                dynamic_ncols=True, initial=start_step, total=optim.steps)
     window, preempted, step, unread = Window(), False, start_step, []
+    data_failure, data_failed = None, 0.0  # this rank's DataSourceFailed; any rank's (all-reduced)
     model.train()
     with PreemptionFlag() as sigterm:
         for step in bar:
             # --- the step's micro-batches, and the global token count that normalises the loss ---
             started = time.perf_counter()
-            micro = [next(stream) for _ in range(accum)]
+            position = batches.state_dict()  # the data before this step: saved if the data source fails
+            try:
+                micro = [next(stream) for _ in range(accum)]
+            except DataSourceFailed as err:
+                micro, data_failure = [], err
             data_seconds = time.perf_counter() - started
             if trace:
                 trace_samples(trace, step, micro, world)
-            local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), int(sigterm.raised)],
-                                 dtype=torch.int64)
-            global_tokens, stop = all_reduce_host(local, world).tolist()
+            local = torch.tensor([sum(loss_tokens(b, tokenizer.pad_id) for b in micro), int(sigterm.raised),
+                                  int(data_failure is not None)], dtype=torch.int64)
+            global_tokens, stop, data_failed = all_reduce_host(local, world).tolist()
+            if data_failed:  # on any rank: every rank saves the step before and stops
+                if step - 1 > start_step:
+                    save(step - 1, position)
+                break
             token_scale = world.world_size / max(global_tokens, 1.0)
 
             set_lr(optimizer, optim.peak_lr * warmup_cosine(step - 1, optim.warmup_steps, optim.steps))
@@ -363,6 +379,8 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
 
     summary = {"first_val_loss": first_val, "final_val_loss": val_loss, "captions": [], "truths": [],
                "step": step, "skipped_steps": guard.skipped, "checkpoint": last_saved}
+    if data_failed:
+        raise data_failure or DataSourceFailed("another rank's data source failed")
     if preempted:
         log(f"\nSIGTERM: stopped at step {step}; checkpoint {last_saved}; continue with --resume")
         return {**summary, "stopped": "preempted"}
