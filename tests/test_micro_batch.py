@@ -55,3 +55,22 @@ def test_micro_batches_give_the_whole_batch_step_and_a_resume_keeps_the_choice(t
     assert losses(tmp_path / "resumed") == losses(tmp_path / "micro")
     expected, got = final_weights(tmp_path / "micro"), final_weights(tmp_path / "resumed")
     assert all((got[name] == expected[name]).all() for name in expected)
+
+
+def test_auto_on_a_gpu_takes_the_largest_micro_batch_that_fits_its_memory():
+    """micro_batch=auto given a device's memory (a GPU's, passed in here on a CPU): `ov2 plan`'s memory
+    model picks the largest divisor of the rank's share that fits, and its expected peak is reported."""
+    from openvision2.plan import USABLE
+    from openvision2.plan.memory import measure
+
+    config = tiny_config(batch_size=64)
+    accumulating = measure(config, 1, accumulate=True)
+    memory_gib = accumulating.peak(20) / USABLE / 2**30  # room for 20 images per forward, not 32
+    split = split_batch(config, 1, memory_gib)
+    assert (split.micro_batch, split.grad_accum) == (16, 4)  # 16 divides 64; 20 does not
+    assert split.peak_bytes == accumulating.peak(16) <= USABLE * memory_gib * 2**30
+    assert f"micro-batch 16 x accumulation 4 per rank, expected peak {split.peak_bytes / 2**30:.1f} GiB" in \
+        split.describe()
+    whole = split_batch(config, 1, 80.0)  # everything fits: no accumulation
+    assert (whole.micro_batch, whole.grad_accum) == (64, 1)
+    assert split_batch(config, 1, memory_gib, recorded=8).micro_batch == 8  # a resume keeps its choice

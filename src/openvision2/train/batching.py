@@ -5,9 +5,9 @@ images one device takes in one forward pass.
 - grad_accum=N (the setting before micro_batch existed) fixes it too: micro-batch = batch_size / (ranks x N).
   Both given must agree.
 - Neither (micro_batch=auto, grad_accum=0, the defaults): on a CPU the rank's whole share in one
-  forward (no accumulation, as before micro_batch existed); on a GPU the largest micro-batch whose
-  training step fits the device's memory by `ov2 plan`'s memory model, lowered to a divisor of the
-  rank's share so every micro-batch of a step has the same size.
+  forward (no accumulation, as before micro_batch existed); on a GPU the largest micro-batch that
+  divides the rank's share and whose training step fits the device's memory by `ov2 plan`'s memory
+  model (plan.fit_micro_batch), which also gives the expected peak the first log line prints.
 
 A run records its micro-batch (config.json `resolved`) and a resume reuses it, so the sample order,
 the token masks (seeded per global micro-batch) and the steps stay those of the uninterrupted run.
@@ -61,10 +61,6 @@ def requested_split(config: TrainConfig, world_size: int) -> int | None:
     return micro
 
 
-def largest_divisor_up_to(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def split_batch(config: TrainConfig, world_size: int, device_memory_gib: float | None = None,
                 recorded: int | None = None) -> BatchSplit:
     """The step's split. device_memory_gib: the GPU's memory (None on a CPU), for micro_batch=auto;
@@ -80,18 +76,15 @@ def split_batch(config: TrainConfig, world_size: int, device_memory_gib: float |
             raise UserError(f"this run chose micro_batch={recorded}, which does not divide the {share} images "
                             f"per rank of {world_size} ranks: resume on a number of ranks it divides")
         micro = recorded
-    if micro is not None:
-        return BatchSplit(micro, share // micro)
-    if device_memory_gib is None:
-        return BatchSplit(share, 1)
+    if device_memory_gib is None:  # a CPU: the whole share in one forward unless told otherwise
+        return BatchSplit(micro or share, share // (micro or share))
     from ..plan import fit_micro_batch
+    from ..plan.memory import measure
 
-    fits, peak = fit_micro_batch(config, world_size, device_memory_gib)
-    if fits < 1:
-        raise UserError(f"one image per device does not fit in {device_memory_gib:.0f} GiB with this model: use "
-                        f"activation_checkpointing=full, parallel=fsdp or more ranks (`ov2 plan` shows the memory)")
-    micro = largest_divisor_up_to(share, fits)
-    # A smaller micro-batch than the one measured needs less: the planner's figure is an upper bound.
+    if micro is None:
+        micro, peak = fit_micro_batch(config, world_size, device_memory_gib)
+    else:
+        peak = measure(config, world_size, accumulate=share > micro).peak(micro)
     return BatchSplit(micro, share // micro, peak)
 
 

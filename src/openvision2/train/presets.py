@@ -92,8 +92,8 @@ def _epochs_to_steps(epochs: float, batch: int) -> int:
 
 
 def paper_stage(kind: str, encoder: str, decoder: str, image_size: int) -> TrainConfig:
-    """One of the paper's stages for a /14 encoder on GPUs (FSDP2, bf16, selective checkpointing), with
-    the paper's data (PAPER_DATA: give train_shards=...). precision=fp32 is the faithful setting (the
+    """One of the paper's stages for a /14 encoder on GPUs (FSDP2, bf16, selective checkpointing, the
+    micro-batch that fits each GPU: train/batching.py), with the paper's data (PAPER_DATA: give train_shards=...). precision=fp32 is the faithful setting (the
     release trains in float32); bf16 autocast is a deviation for speed and memory."""
     batch, epochs, warmup_epochs, base_lr = PAPER_STAGES[kind]
     return TrainConfig(
@@ -101,6 +101,7 @@ def paper_stage(kind: str, encoder: str, decoder: str, image_size: int) -> Train
         batch_size=batch, steps=_epochs_to_steps(epochs, batch), warmup_steps=_epochs_to_steps(warmup_epochs, batch),
         base_lr=base_lr, weight_decay=0.2, log_every=50, eval_every=5000, ckpt_every=2000, keep_checkpoints=3,
         parallel="fsdp", activation_checkpointing="selective", meta_init=True, precision="bf16", num_workers=8,
+        micro_batch="auto",  # the largest per GPU that fits its memory; accumulation makes up the batch
         **PAPER_DATA,
     )
 
