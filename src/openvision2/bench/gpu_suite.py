@@ -95,17 +95,20 @@ DRY_PLAN = SuitePlan(device="cpu", precision="fp32", encoder="mu/8", decoder="mu
                      # a shared 2-core machine may be slow: the budgets only bound a GPU's minutes
                      seconds={name: 900 for name in SECTIONS}, compile_seconds=900)
 MEMORY_FRACTION = 0.9  # of the GPU for the largest batch: the rest for the CUDA context, cuBLAS and fragments
-# Issue 21's estimate: OpenVision 1, the hungrier method, needs ~100 GiB at L/14 @224, batch 256, bf16.
-REFERENCE_BATCH, REFERENCE_BYTES = 256, 100 * 2**30
+# OpenVision 1, the hungrier method, at L/14 + L decoder @224, bf16, no checkpointing: 6.2 GiB + 0.41 GiB per
+# image, by ov2 plan's fake-run tracker (plan/memory.py measure, 2026-12-04): 111.5 GiB at batch 256
+# (OpenVision 2: 5.1 + 0.28 GiB per image, 77.4 GiB at 256; issue 21 estimated ~100 and ~75).
+OV1_FIXED_BYTES, OV1_PER_IMAGE_BYTES = 6.2 * 2**30, 0.41 * 2**30
+USABLE = 0.88  # of the GPU for tracked bytes, the allowance ov2 plan makes (plan/memory.py USABLE)
 
 
 def timing_batch(total_bytes: int) -> int:
     """The timing batch of a GPU with this much memory: the largest power of two up to 256 at which
-    OpenVision 1 @224 needs at most 80% of it, by the reference above (H200: 256; H100-80GB: 128).
-    One that runs out of memory anyway is retried once at half (Suite.timed_point)."""
-    fits = REFERENCE_BATCH * 0.8 * total_bytes / REFERENCE_BYTES
-    batch = 8
-    while batch * 2 <= min(fits, REFERENCE_BATCH):
+    OpenVision 1 @224 fits by the figures above (H200: 256; H100-80GB: 128). One that runs out of
+    memory anyway is retried once at half (Suite.timed_point)."""
+    fits = (USABLE * total_bytes - OV1_FIXED_BYTES) / OV1_PER_IMAGE_BYTES
+    batch = 1
+    while batch * 2 <= min(fits, 256):
         batch *= 2
     return batch
 

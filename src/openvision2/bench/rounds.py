@@ -7,8 +7,8 @@ Two ways to time several methods:
   method once in a rotated order, so that a slow spell of a shared machine lands on all alike;
 - one at a time (GPU): each worker is built, warmed up, timed and closed before the next starts. A
   GPU is the job's alone (no slow spells to share), and two methods' working sets at a large batch
-  need not fit on it together (OpenVision 2's ~75 GiB and OpenVision 1's ~100 GiB at L/14 @224,
-  batch 256, do not fit one H200).
+  need not fit on it together (OpenVision 2's 77 GiB and OpenVision 1's 112 GiB at L/14 @224,
+  batch 256, by `ov2 plan`'s tracker, do not fit one H200).
 """
 
 from __future__ import annotations
