@@ -17,10 +17,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/tiny-cpu", help="run directory (metrics, checkpoints)")
     parser.add_argument("--steps", type=int, help="number of optimizer steps (overrides the preset)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from OUT/checkpoints/latest (model, optimizer, schedule, data position, RNG)")
+                        help="continue the run in OUT from OUT/checkpoints/latest (model, optimizer, schedule, data "
+                             "position, RNG); an empty or missing OUT starts a new run, a directory that is not a "
+                             "run of ov2 is refused; a resume may change steps and bookkeeping, not what was "
+                             "trained (docs/RELIABILITY.md)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="start a new run in a non-empty OUT, deleting the previous run's checkpoints, metrics "
-                             "and config (without it, a non-empty OUT is refused unless --resume)")
+                        help="start a new run in OUT that holds a run of ov2, deleting that run's checkpoints, "
+                             "metrics and config (nothing else; without it, a non-empty OUT is refused unless "
+                             "--resume)")
     parser.add_argument("--list", action="store_true", help="list presets and recipes and exit")
     parser.add_argument("--list-keys", action="store_true",
                         help="print every key (section.field, with its flat alias), the preset's value, the "
@@ -68,7 +72,8 @@ def run(args) -> int:
 
 def _distributed(job) -> int:
     """Run the job, then leave the process group (if torchrun gave one) cleanly. A run stopped by
-    SIGTERM (after saving) exits with PREEMPTED_EXIT, so schedulers see it as unfinished."""
+    SIGTERM (after saving) exits with PREEMPTED_EXIT, so schedulers see it as unfinished; one whose
+    data source failed raises DataSourceFailed, which the CLI turns into its exit status (69)."""
     import torch.distributed as dist
 
     from ..train.faults import PREEMPTED_EXIT

@@ -79,8 +79,8 @@ def _in_use(out_dir: Path, what: str, holder: str) -> UserError:
 
 @contextlib.contextmanager
 def locked(out_dir: Path, what: str = "run"):
-    """Hold OUT/.lock exclusively for the duration; a second run into OUT fails in one line. A lock file
-    this call created is removed again when the body refuses the directory (UserError)."""
+    """Hold OUT/.lock exclusively for the duration; a second run into OUT fails in one line. Yields
+    whether this call created the lock file."""
     make_dir(out_dir)
     path = out_dir / LOCK
     created = True
@@ -107,11 +107,7 @@ def locked(out_dir: Path, what: str = "run"):
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    except UserError:
-        if created:  # a directory refused (not a run of ours) keeps no trace of the attempt
-            path.unlink(missing_ok=True)
-        raise
+        yield created
     finally:
         _held.discard(key)
         os.close(fd)  # closing releases the lock; the file stays (removing it would race a waiter)
@@ -125,11 +121,14 @@ def owned(out_dir: Path, world, resume: bool = False, overwrite: bool = False, w
 
     problem, stack = None, contextlib.ExitStack()
     if world.is_main:
+        created = False
         try:
-            stack.enter_context(locked(out_dir, what))
+            created = stack.enter_context(locked(out_dir, what))
             claim() if claim else claim_for_run(out_dir, resume, overwrite)
         except UserError as err:
-            stack.__exit__(type(err), err, err.__traceback__)  # the lock sees why it is let go
+            if created:  # a directory refused (not a run of ours) keeps no trace of the attempt
+                (out_dir / LOCK).unlink(missing_ok=True)
+            stack.close()
             problem = str(err)
     problem = broadcast_object(problem, world)
     if problem:
