@@ -43,6 +43,16 @@ def test_shards_from_csv(folder, tmp_path, capsys):
     assert [s["caption"] for s in samples] == [f"a photo number {i}" for i in range(5)] + ["a png", "a bitmap"]
 
 
+def test_shards_from_a_spreadsheets_csv_with_a_bom(folder, tmp_path, capsys):
+    """A spreadsheet's "CSV UTF-8" starts with a BOM: the header's first column is still `file`."""
+    captions = tmp_path / "captions.csv"
+    captions.write_text("file,caption\n" + "".join(f"sub/{i}.jpg,a photo number {i}\n" for i in range(3)),
+                        encoding="utf-8-sig")
+    assert main(["shards", "--images", str(folder), "--captions", str(captions), "--out", str(tmp_path / "out"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 3
+
+
 def test_shards_from_jsonl_with_caption_lists(folder, tmp_path, capsys):
     captions = tmp_path / "captions.jsonl"
     captions.write_text("\n".join(json.dumps({"image": f"sub/{i}.jpg", "re_caption": [f"long {i}", f"other {i}"],

@@ -50,7 +50,7 @@ def read_rows(path: str) -> list[dict]:
     from ..errors import UserError
 
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # a spreadsheet's "CSV UTF-8" starts with a BOM
             if path.endswith((".jsonl", ".json")):
                 rows = []  # a row that is not a JSON object is kept here and skipped (counted) by the writer
                 for number, line in enumerate(f, 1):

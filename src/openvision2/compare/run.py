@@ -19,14 +19,13 @@ kept and the same command continues from there.
 from __future__ import annotations
 
 import json
-import signal
 import statistics
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import UserError
+from ..train.faults import PreemptionFlag
 from .methods import differences, method_config
 from .options import BUDGETS, EVALS, CompareOptions
 
@@ -120,25 +119,16 @@ class ComparisonStopped(Exception):
     the same command resumes."""
 
 
-class StopOnSignal:
+class StopOnSignal(PreemptionFlag):
     """SIGTERM outside a method's training raises ComparisonStopped naming what was under way. Training
-    installs its own handler (train/faults.py PreemptionFlag: save, then stop) and gives this one back."""
+    installs its own PreemptionFlag (save, then stop) and gives this one back when it returns."""
 
     def __init__(self):
+        super().__init__()
         self.doing = "starting"
-        self._previous = None
 
-    def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._stop)
-        return self
-
-    def _stop(self, signum, frame) -> None:
+    def _handle(self, signum, frame) -> None:
         raise ComparisonStopped(f"stopped by a signal while {self.doing}")
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def check_same_run(config, run_dir: Path, ignore: tuple[str, ...] = ()) -> dict | None:
