@@ -177,9 +177,11 @@ def resolve_choices(config: TrainConfig, out_dir: Path, world: World, resume: bo
     chosen = rundir.reconcile(requested, automatic, previous, out_dir)
     threads = int(previous.get("threads", torch.get_num_threads()))
     rundir.apply_threads(threads)
-    # The micro-batch from this run's own record only: a recipe's next stage has its own batch and size.
+    # The micro-batch from this run's own record only (a recipe's next stage has its own batch and size),
+    # and only at the world size that chose it: on another, each rank's share differs and it is chosen again.
     own = rundir.recorded(out_dir) if resume else {}
-    split = split_batch(config, world.world_size, device_memory_gib(world.device), own.get("micro_batch"))
+    recorded = own.get("micro_batch") if own.get("world_size") == world.world_size else None
+    split = split_batch(config, world.world_size, device_memory_gib(world.device), recorded)
     return {**chosen, "threads": threads, "world_size": world.world_size, "micro_batch": split.micro_batch,
             "grad_accum": split.grad_accum, "batch_split": split.describe()}
 
