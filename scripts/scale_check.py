@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -51,12 +50,11 @@ SIZES = {
 
 
 def run_overrides(data: Path, steps: int, batch: int) -> list[str]:
-    """The l14-stage1 preset made small enough for CPU ranks: a global batch that 4, 2 and 3 ranks split
-    into micro-batches of 1 (a recorded micro-batch must divide every world size resumed on), a few
-    steps, the shards written by make_shards, no periodic evaluations or captions, the samples read in the
-    rank's own process (2 cores: no room for loader workers)."""
+    """The l14-stage1 preset made small enough for CPU ranks: a global batch that 4, 2 and 3 ranks split (one
+    micro-batch per rank on a CPU), a few steps, the shards written by make_shards, no periodic evaluations
+    or captions, the samples read in the rank's own process (2 cores: no room for loader workers)."""
     return [f"train_shards={data / 'train'}", f"val_shards={data / 'val'}", "caption_key=txt",
-            "alt_caption_key=org_caption", f"batch_size={batch}", "micro_batch=1", f"steps={steps}", "warmup_steps=0",
+            "alt_caption_key=org_caption", f"batch_size={batch}", f"steps={steps}", "warmup_steps=0",
             "log_every=1", "eval_every=100000", "evals=", "show_captions=0", "val_samples=4", "tensorboard=false",
             "num_workers=0", f"keep_checkpoints={steps + 1}"]
 
@@ -143,21 +141,10 @@ class Launch:
         return found
 
     def records(self, rank: int) -> list[dict]:
-        path = self.trace / f"rank-{rank:05d}.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+        return trace_records(self.trace, rank)
 
     def steps(self) -> dict[int, list[str]]:
-        """step -> the keys of all ranks' samples, in rank order; a step retried after a restart counts
-        once, as its last attempt took it."""
-        by_rank = []
-        for rank in range(self.ranks):
-            last = {}
-            for record in self.records(rank):
-                last[record["step"]] = record["keys"]
-            by_rank.append(last)
-        return {step: [k for rank in by_rank for k in rank.get(step, [])] for step in sorted(by_rank[0])}
+        return samples_by_step(self.trace, self.ranks)
 
     def attempts(self) -> dict[int, list[int]]:
         """attempt -> the steps rank 0 started in it."""
@@ -165,6 +152,26 @@ class Launch:
         for record in self.records(0):
             out.setdefault(record["attempt"], []).append(record["step"])
         return out
+
+
+def trace_records(trace: Path, rank: int) -> list[dict]:
+    """What one rank logged under OV2_TRACE_SAMPLES=trace: {step, attempt, time, keys} per step."""
+    path = trace / f"rank-{rank:05d}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def samples_by_step(trace: Path, ranks: int) -> dict[int, list[str]]:
+    """step -> the keys of all ranks' samples, in rank order; a step retried after a restart counts once,
+    as its last attempt took it."""
+    by_rank = []
+    for rank in range(ranks):
+        last = {}
+        for record in trace_records(trace, rank):
+            last[record["step"]] = record["keys"]
+        by_rank.append(last)
+    return {step: [k for rank in by_rank for k in rank.get(step, [])] for step in sorted(by_rank[0])}
 
 
 def _children(pid: int) -> list[int]:
@@ -360,7 +367,7 @@ def _ended(rc: int, launch: Launch, run: Path) -> str:
         tail = launch.log.read_text().splitlines()[-5:] if launch.log.is_file() else []
         return f"torchrun exit {rc} (log {launch.log}): " + " | ".join(tail)
     got = losses(run)
-    return f"exit 0, losses " + ", ".join(f"step {s}: {v:.4f}" for s, v in sorted(got.items()))
+    return "exit 0, losses " + ", ".join(f"step {s}: {v:.4f}" for s, v in sorted(got.items()))
 
 
 def main(argv=None) -> int:
