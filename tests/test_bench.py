@@ -99,6 +99,8 @@ def test_a_worker_past_its_deadline_is_stopped_and_a_search_keeps_what_it_found(
 
     found = find_max_batch(measure, 2**30, 4096)
     assert (found["max_batch"], found["stopped_early"]) == (2, True)
+    with pytest.raises(UserError, match="time budget ended before batch 1"):
+        find_max_batch(lambda b: measure(3), 2**30, 4096)
     short = find_max_batch(lambda b: b * 2**20, 2**30, 4096, seconds=0)  # out of time after batches 1 and 2
     assert (short["max_batch"], short["stopped_early"], len(short["trials"])) == (2, True, 2)
 

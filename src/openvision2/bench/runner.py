@@ -211,6 +211,8 @@ def find_max_batch(measure, budget_bytes: int, limit: int, log=lambda message: N
         stopped_early = True
     best = max(fits, default=0)
     if best == 0:
+        if stopped_early:
+            raise UserError(f"{name}: the time budget ended before batch 1 was measured")
         if trials and trials[0]["peak_mem_bytes"] is None:
             raise UserError(f"{name}: even batch 1 runs out of memory")
         raise UserError(f"{name}: even batch 1 does not fit in {budget_bytes / 2**30:.2f} GiB")
