@@ -100,6 +100,26 @@ def test_failing_and_hanging_commands_never_stop_the_stream(shards, tmp_path):
     assert time.monotonic() - started < 30  # the stalled command was killed after 0.5 s without output
 
 
+def test_a_dripping_server_meets_the_deadline_and_an_endless_body_the_size_cap(shards, serve, tmp_path):
+    """One byte every 2 s never times out a read, so only the overall deadline ends the try; a body that
+    never ends would fill the cache disk: the size cap ends it, without a retry. Both are counted."""
+    base = serve(Path(shards[0]).parent, drip=["t-000001.tar"], endless=["t-000002.tar"])
+    started = time.monotonic()
+    options = RemoteOptions(retries=1, timeout=5, deadline=3, max_bytes=1 << 20,
+                            cache_dir=str(tmp_path / "cache"))
+    samples, bad = _pass(f"{base}/t-{{000000..000003}}.tar", remote=options)
+    assert bad == {"unreadable_shard": 2} and len(samples) == 12
+    assert time.monotonic() - started < 30
+    cache = ShardCache(options)
+    try:
+        with pytest.raises(UnreadableShard, match="after 1 try: larger than shard_max_bytes"):
+            cache.get(f"{base}/t-000002.tar")
+        with pytest.raises(UnreadableShard, match="not complete after the 3 s deadline"):
+            cache.get(f"{base}/t-000001.tar")
+    finally:
+        cache.close()
+
+
 def test_the_cache_keeps_only_wanted_shards_and_reads_ahead(shards, serve, tmp_path):
     base = serve(Path(shards[0]).parent)
     urls = [f"{base}/{Path(s).name}" for s in shards]

@@ -68,18 +68,19 @@ def test_rank_and_worker_slots_are_disjoint_and_cover_an_epoch(shards, num_shard
     assert all(parts)
 
 
-def test_dataloader_workers_split_by_rank_and_worker(shards):
+def test_ranks_and_workers_read_disjoint_slices_of_each_global_batch(shards):
     seen = {}
-    for rank in range(2):  # 4 shards, 2 ranks x 2 workers: one shard (10 samples) per slot and epoch
+    for rank in range(2):  # global batch 10 = 2 ranks x 5; 2 workers per rank take turns
         dataset = ShardDataset(shards[:4], EvalResize(SIZE), shuffle=True, batch_size=5, rank=rank, world_size=2,
                                seed=1)
         batches = ShardBatches(dataset, num_workers=2)
-        for _ in range(4):  # batches alternate between the workers: 2 x 2 x 5 = one epoch of each slot
+        for _ in range(4):  # one epoch of the 40 samples
             batch = next(batches)
             assert batch["images"].shape == (5, 3, SIZE, SIZE)
             for key in batch["keys"]:
                 seen.setdefault(key, set()).add(rank)
-        assert sorted(int(k) for k in batches.state_dict()["slots"]) == [2 * rank, 2 * rank + 1]
+        assert batches.state_dict()["position"] == 4
+        batches.close()
     assert len(seen) == 40 and all(len(ranks) == 1 for ranks in seen.values())
 
 
@@ -131,14 +132,15 @@ def test_sources_are_mixed_by_weight(shards):
     assert 260 < first_source < 340  # 3:1 -> 300 expected (binomial sd ~9)
 
 
-def test_resume_with_other_worker_count_starts_next_epoch(shards, caplog):
+def test_resume_with_other_worker_count_continues_exactly(shards):
+    reference = ShardBatches(_train_dataset(shards), num_workers=0)
+    expected = [next(reference)["keys"] for _ in range(8)]
     first = ShardBatches(_train_dataset(shards), num_workers=0)
     for _ in range(3):
         next(first)
     resumed = ShardBatches(_train_dataset(shards), num_workers=2)
     resumed.load_state_dict(first.state_dict())
-    assert "cannot be kept" in caplog.text
-    assert {s["sources"][0]["cursor"] for s in resumed.dataset.resume.values()} == {3}  # epoch 1 of 3 shards
+    assert [next(resumed)["keys"] for _ in range(5)] == expected[3:]
 
 
 def test_caption_list_draws_one_per_visit(shards):
@@ -183,7 +185,7 @@ def test_build_from_config_and_train_batches(shards):
     batches = train_batches(config.data, train, collate, batch_size=config.batch_size, micro_batches=config.grad_accum)
     batch = next(iter(batches))
     assert batch["images"].shape == (4, 3, SIZE, SIZE)  # batch 8 in 2 micro-batches
-    assert set(batches.state_dict()) == {"num_slots", "slots"}
+    assert batches.state_dict()["global_batch"] == 8 and batches.state_dict()["position"] == 0
     held_out = fixed_batch(val, collate, config.val_samples)
     assert held_out["texts"] == [f"caption {i}" for i in range(50, 54)]
     with pytest.raises(UserError):

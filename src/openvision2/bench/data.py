@@ -16,6 +16,12 @@ scale) are printed beside the speed to show the two produce the same kind of ima
 `--shards SPEC...` reads a given source instead, local or remote (URLs, `pipe:` commands): the real
 pipeline, fetching included. Remote shards are fetched by a background thread, so its wall images/s
 is the figure to compare with the same shards read from disk (`--pipelines openvision2`).
+
+`--simulate-corpus SHARDSxSAMPLES` (e.g. 100000x10000, a billion samples) measures the bookkeeping of the
+training stream at scale instead: a sizes.json claims SAMPLES in each of SHARDS shards, each shard a
+link to one stand-in tar of SAMPLES tiny images (so every byte read is real). It reports the time from
+start to the first batch (shard list, counts, order, indexes, decode), the memory held by the order and
+the indexes, the size of the data state, the order's CPU cost per sample, and a resume deep in the run.
 """
 
 from __future__ import annotations
@@ -48,6 +54,9 @@ def add_arguments(parser) -> None:
                         help="samples shuffled together: also how many shards are fetched at once (default: 1000)")
     parser.add_argument("--keep", help="directory to write the generated shards to (default: a temporary one)")
     parser.add_argument("--pipelines", default="openvision2,open_clip", help="which pipelines to run")
+    parser.add_argument("--simulate-corpus", metavar="SHARDSxSAMPLES",
+                        help="measure start-up, memory and state of the training stream over a simulated corpus, "
+                             "e.g. 100000x10000 (a billion samples; links to one stand-in tar)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -141,15 +150,16 @@ def run_openvision2(shards: list[str], res: int, images: int, batch_size: int, s
     import torch
 
     from ..data.augment import TrainAugment
+    from ..data.loader import ShardBatches
     from ..data.shards import ShardDataset
 
-    dataset = ShardDataset(shards, TrainAugment(res), shuffle=True, shuffle_buffer=shuffle_buffer,
-                           batch_size=batch_size)
-    stream = iter(dataset)
+    # the training stream (data/loader.py) in this process: the global order, read by offset
+    stream = ShardBatches(ShardDataset(shards, TrainAugment(res), shuffle=True, shuffle_buffer=shuffle_buffer,
+                                       batch_size=batch_size))
     try:
         cpu, wall, batches = _timed((b["images"] for b in stream), images)
     finally:
-        stream.close()  # ends the slot: its fetched shards are removed
+        stream.close()  # its fetched shards are removed
     out = torch.cat(batches)
     return {"images_per_s_per_core": round(len(out) / cpu, 1), "wall_images_per_s": round(len(out) / wall, 1),
             "output": {"shape": list(out.shape[1:]), "dtype": str(out.dtype).removeprefix("torch."),
@@ -193,10 +203,116 @@ def run_open_clip(shards: list[str], res: int, images: int, batch_size: int, shu
 PIPELINES = {"openvision2": run_openvision2, "open_clip": run_open_clip}
 
 
+def _stand_in_corpus(directory: Path, shards: int, samples: int) -> str:
+    """`shards` links to one tar of `samples` 8x8 JPEGs, and a sizes.json claiming `samples` each."""
+    import numpy as np
+    from PIL import Image
+
+    from ..data.writer import SIZES_FILE, ShardWriter
+
+    rng = np.random.default_rng(0)
+    with ShardWriter(directory / "stand-in", prefix="one", per_shard=samples) as writer:
+        for i in range(samples):
+            buffer = io.BytesIO()
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=50)
+            writer.write(f"{i:06d}", {"jpg": buffer.getvalue(), "txt": f"sample {i}"})
+    target = directory / "stand-in" / "one-000000.tar"
+    width = len(str(shards - 1))
+    names = [f"sim-{k:0{width}d}.tar" for k in range(shards)]
+    for name in names:
+        os.symlink(target, directory / name)
+    (directory / SIZES_FILE).write_text(json.dumps({name: samples for name in names}))
+    return f"{directory}/sim-{{{0:0{width}d}..{shards - 1:0{width}d}}}.tar"
+
+
+def simulate_corpus(spec: str, batch_size: int, shuffle_buffer: int, say) -> dict:
+    """Start-up time, memory, state size and order cost of the training stream over a simulated corpus."""
+    import gc
+    import resource
+    import tracemalloc
+
+    import torch
+
+    from ..data.augment import TrainAugment
+    from ..data.loader import ShardBatches
+    from ..data.shards import ShardDataset
+    from ..errors import UserError
+
+    try:
+        shards, samples = (int(v) for v in spec.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--simulate-corpus {spec!r}: give SHARDSxSAMPLES, e.g. 100000x10000") from None
+    if shards < 1 or samples < 1:
+        raise UserError("--simulate-corpus: at least one shard of one sample")
+    with tempfile.TemporaryDirectory() as scratch:
+        say(f"writing a stand-in tar of {samples} samples and {shards} links to it ...")
+        pattern = _stand_in_corpus(Path(scratch), shards, samples)
+        gc.collect()
+        tracemalloc.start()
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started, cpu = time.perf_counter(), time.process_time()
+        dataset = ShardDataset(pattern, TrainAugment(32), shuffle_buffer=shuffle_buffer, batch_size=batch_size, seed=0)
+        shard_list = tracemalloc.get_traced_memory()[0]
+        stream = ShardBatches(dataset, num_workers=0)
+        batch = next(stream)
+        first_batch_s, first_batch_cpu = time.perf_counter() - started, time.process_time() - cpu
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        order_bytes = stream.order.memory_bytes()
+        state = stream.state_dict()
+        state_bytes = len(json.dumps(state).encode())
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        # the order alone: consecutive positions (how the stream reads), from deep in the run; and jumps
+        # to a new window at every position (the worst case: a window's permutation drawn per sample)
+        order, total = stream.order, shards * samples
+        count, start = 200_000, int(total * 0.4)
+        t = time.process_time()
+        for p in range(start, start + count):
+            order.locate(p)
+        per_sample_us = (time.process_time() - t) / count * 1e6
+        jumps = 2000
+        t = time.process_time()
+        for k in range(jumps):
+            order.locate((k * 7919 * shuffle_buffer) % total)
+        per_jump_us = (time.process_time() - t) / jumps * 1e6
+        # a resume deep in the run: the first batch at global position ~0.7 epochs
+        late = {**state, "position": int(total * 0.7) // stream.global_batch}
+        resumed = ShardBatches(ShardDataset(pattern, TrainAugment(32), shuffle_buffer=shuffle_buffer,
+                                            batch_size=batch_size, seed=0), num_workers=0)
+        resumed.load_state_dict(late)
+        t = time.perf_counter()
+        next(resumed)
+        resume_first_batch_s = time.perf_counter() - t
+        stream.close()
+        resumed.close()
+    return {"corpus": {"shards": shards, "samples_per_shard": samples, "samples": total},
+            "batch_size": batch_size, "shuffle_buffer": shuffle_buffer, "images": list(batch["images"].shape),
+            "first_batch_s": round(first_batch_s, 2), "first_batch_cpu_s": round(first_batch_cpu, 2),
+            "python_heap_mb": {"shard_list": round(shard_list / 2**20, 1),
+                               "after_first_batch": round(held / 2**20, 1)},
+            "order_mb": round(order_bytes / 2**20, 2),
+            "peak_rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1),
+            "state_bytes": {"json": state_bytes, "torch_save": buffer.tell()},
+            "order_us_per_sample": round(per_sample_us, 2), "order_us_per_new_window": round(per_jump_us, 1),
+            "resume_at_0.7_epoch_first_batch_s": round(resume_first_batch_s, 2)}
+
+
 def run(args) -> int:
     import torch
 
     from ..errors import UserError
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    if args.simulate_corpus:
+        torch.set_num_threads(1)
+        figures = simulate_corpus(args.simulate_corpus, args.batch_size, args.shuffle_buffer, say)
+        say("\n".join(f"{k}: {v}" for k, v in figures.items()))
+        if args.json:
+            print(json.dumps(figures))
+        return 0
 
     try:
         resolutions = [int(r) for r in args.res.split(",") if r.strip()]
@@ -209,9 +325,6 @@ def run(args) -> int:
     if args.images < args.batch_size or args.batch_size < 1:
         raise UserError("--images must be at least --batch-size, which must be >= 1")
     torch.set_num_threads(1)  # per core: one process, one thread
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr if args.json else sys.stdout, flush=True)
 
     with tempfile.TemporaryDirectory() as scratch:
         if args.shards:

@@ -39,9 +39,10 @@ class BadSample(Exception):
 class BadSampleLog:
     """Counts skipped samples by reason; logs the first of each reason in each shard (with its key)."""
 
-    def __init__(self, counts: dict[str, int] | None = None):
+    def __init__(self, counts: dict[str, int] | None = None, logged: set | None = None):
         self.counts: Counter[str] = Counter(counts or {})
-        self._logged: set[tuple[str, str]] = set()
+        # (shard, reason) pairs already logged; shared by the logs of one reader's batches
+        self._logged: set[tuple[str, str]] = set() if logged is None else logged
 
     def record(self, reason: str, shard: str, key: str = "", detail: str = "") -> None:
         self.counts[reason] += 1

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from ..errors import UserError
 from ..tokenizer import CaptionTokenizer
 from .config import DATASETS, DataConfig
+from .resumable import ResumableBatches, micro_batch_size  # noqa: F401  (micro_batch_size: for the loop)
 from .synthetic import SyntheticCaptions
 
 
@@ -61,19 +62,11 @@ def build_tokenizer(data: DataConfig, train_set) -> CaptionTokenizer:
     return CaptionTokenizer.train_bpe(train_set.captions(), data.bpe_vocab_size)
 
 
-def micro_batch_size(global_batch: int, world_size: int, micro_batches: int) -> int:
-    """Samples per micro-batch on each rank; the one check that the global batch splits evenly."""
-    if global_batch % (world_size * micro_batches):
-        raise UserError(f"batch_size {global_batch} (the global batch) must be divisible by "
-                        f"{world_size} ranks x grad_accum {micro_batches}")
-    return global_batch // (world_size * micro_batches)
-
-
 def train_batches(data: DataConfig, dataset: Dataset, collate, *, batch_size: int, micro_batches: int = 1,
                   rank: int = 0, world_size: int = 1, seed: int = 0):
     """The training stream: this rank's micro-batches of a global batch_size, endlessly, with
-    state_dict()/load_state_dict() (the interface of data/resumable.py). Shards: a ShardBatches
-    (per-rank state; bad_samples())."""
+    state_dict()/load_state_dict() (the interface of data/resumable.py). Both kinds follow one global
+    sample order whatever the world size; shards: a ShardBatches (data/loader.py; bad_samples())."""
     from .shards import ShardDataset
 
     if isinstance(dataset, ShardDataset):
@@ -81,9 +74,7 @@ def train_batches(data: DataConfig, dataset: Dataset, collate, *, batch_size: in
 
         dataset.batch_size, dataset.collate = micro_batch_size(batch_size, world_size, micro_batches), collate
         dataset.rank, dataset.world_size = rank, world_size
-        return ShardBatches(dataset, data.num_workers)
-    from .resumable import ResumableBatches
-
+        return ShardBatches(dataset, data.num_workers, micro_batches=micro_batches)
     return ResumableBatches(dataset, batch_size, collate, rank=rank, world_size=world_size,
                             micro_batches=micro_batches, num_workers=data.num_workers, seed=seed)
 

@@ -63,6 +63,8 @@ class RemoteOptions:
     cache_dir: str = ""  # where fetched shards live while used; "" = the system's temporary directory
     read_ahead: int = 0  # shards fetched ahead of the current group; 0 = as many as the current group has
     timeout: float = 60.0  # seconds without progress (connect, read, a pipe's output) before a try fails
+    deadline: float = 1800.0  # seconds for a whole shard: a try that takes longer (a drip-feeding server) fails
+    max_bytes: int = 64 << 30  # a shard larger than this (a body that never ends) is unreadable, not retried
     retries: int = 3  # tries per shard before it counts as unreadable
     backoff: float = 1.0  # seconds before the 2nd try, doubled for each further one
     storage_options: dict = field(default_factory=dict)  # fsspec options, e.g. {"anon": true} for public S3
@@ -75,17 +77,36 @@ class FetchError(Exception):
 
 
 # ------------------------------------------------------------------------------------------ fetchers
+class _Budget:
+    """The limits of one try: `deadline` seconds for the whole shard and `max_bytes` of it."""
+
+    def __init__(self, options: RemoteOptions, stop: threading.Event):
+        self.options, self.stop, self.ends = options, stop, time.monotonic() + options.deadline
+
+    def check(self, written: int) -> None:
+        if self.stop.is_set():
+            raise FetchError("cancelled")
+        if written > self.options.max_bytes:
+            raise FetchError(f"larger than shard_max_bytes ({self.options.max_bytes} bytes)", permanent=True)
+        if time.monotonic() > self.ends:
+            raise FetchError(f"not complete after the {self.options.deadline:g} s deadline ({written} bytes)")
+
+
 def _fetch_http(url: str, target: str, options: RemoteOptions, stop: threading.Event) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "openvision2"})
+    budget = _Budget(options, stop)
     try:
-        with urllib.request.urlopen(request, timeout=options.timeout) as response, open(target, "wb") as out:
+        with urllib.request.urlopen(request, timeout=min(options.timeout, options.deadline)) as response, \
+                open(target, "wb") as out:
             expected = response.headers.get("Content-Length")
+            if expected is not None and expected.isdigit():
+                budget.check(int(expected))  # refused before a byte is read
             written = 0
-            while chunk := response.read(CHUNK):  # raises IncompleteRead when the connection drops early
-                if stop.is_set():
-                    raise FetchError("cancelled")
+            # read1: whatever one receive brings, so a server that drips bytes meets the deadline
+            while chunk := response.read1(CHUNK):  # raises IncompleteRead when the connection drops early
                 out.write(chunk)
                 written += len(chunk)
+                budget.check(written)
             if expected is not None and written != int(expected):
                 raise FetchError(f"got {written} of {expected} bytes")
     except urllib.error.HTTPError as err:
@@ -101,17 +122,22 @@ def _fetch_pipe(command: str, target: str, options: RemoteOptions, stop: threadi
     with open(target, "wb") as out:
         process = subprocess.Popen(command, shell=True, stdout=out, stderr=errors,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    size, progressed = 0, time.monotonic()
+    size, progressed, budget = 0, time.monotonic(), _Budget(options, stop)
     try:
         while process.poll() is None:
             time.sleep(0.05)
             now_size = os.path.getsize(target)
             if now_size != size:
                 size, progressed = now_size, time.monotonic()
-            if stop.is_set() or time.monotonic() - progressed > options.timeout:
+            try:
+                budget.check(size)
+                if time.monotonic() - progressed > options.timeout:
+                    raise FetchError(f"no output for {options.timeout:g} s")
+            except FetchError:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise FetchError("cancelled" if stop.is_set() else f"no output for {options.timeout:g} s")
+                raise
+        budget.check(os.path.getsize(target))
         errors.seek(0)
         error = errors.read().decode("utf-8", "replace").strip().splitlines()
     finally:
@@ -148,12 +174,13 @@ def _fetch_fsspec(url: str, target: str, options: RemoteOptions, stop: threading
         package = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "hf": "huggingface_hub"}.get(protocol, "?")
         raise UserError(f"reading {protocol}:// shards needs {package}: pip install 'openvision2[{protocol}]' "
                         f"({err})") from None
+    budget, written = _Budget(options, stop), 0
     try:
         with fs.open(path, "rb", block_size=CHUNK * 8) as source, open(target, "wb") as out:
             while chunk := source.read(CHUNK * 8):
-                if stop.is_set():
-                    raise FetchError("cancelled")
                 out.write(chunk)
+                written += len(chunk)
+                budget.check(written)
     except FileNotFoundError:
         raise FetchError("not found", permanent=True) from None
     except PermissionError as err:
@@ -198,6 +225,8 @@ def fetch(url: str, target: str, options: RemoteOptions, stop: threading.Event |
 
 # --------------------------------------------------------------------------------------------- cache
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # unknown yet
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -205,6 +234,16 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         pass
     return True
+
+
+def _pid_in(lock: str) -> int:
+    """The pid a `.lock` file names (0 while it is being written: treated as alive by _alive)."""
+    try:
+        with open(lock) as f:
+            text = f.read().strip()
+    except OSError:
+        return 0
+    return int(text) if text.isdigit() else 0
 
 
 def _sweep(root: str) -> None:
@@ -226,17 +265,21 @@ class ShardCache:
     (one source of a slot) needs now and next: the upcoming ones are fetched in the background and
     every file no owner wants is deleted. `close()` removes the directory."""
 
-    def __init__(self, options: RemoteOptions, slot: int = 0):
-        root = options.cache_dir or os.path.join(tempfile.gettempdir(), "ov2-shard-cache")
-        os.makedirs(root, exist_ok=True)
-        _sweep(root)
+    def __init__(self, options: RemoteOptions, slot: int = 0, directory: str | None = None):
         self.options = options
-        # unique per cache (several may live in one process); host and pid let _sweep find the orphans
-        self.dir = tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-slot{slot}_", dir=root)
-        # removed at exit too: a DataLoader worker ends without closing its stream (multiprocessing runs
-        # these finalizers in its children as well as at the main process' exit)
-        multiprocessing.util.Finalize(self, shutil.rmtree, args=(self.dir,), kwargs={"ignore_errors": True},
-                                      exitpriority=0)
+        if directory is not None:  # another process's cache (a rank's, shared by its DataLoader workers)
+            self.dir = directory
+        else:
+            root = options.cache_dir or os.path.join(tempfile.gettempdir(), "ov2-shard-cache")
+            os.makedirs(root, exist_ok=True)
+            _sweep(root)
+            # unique per cache (several may live in one process); host and pid let _sweep find the orphans
+            self.dir = tempfile.mkdtemp(prefix=f"{socket.gethostname()}-{os.getpid()}-slot{slot}_", dir=root)
+            # removed at exit too: a DataLoader worker ends without closing its stream (multiprocessing runs
+            # these finalizers in its children as well as at the main process' exit)
+            multiprocessing.util.Finalize(self, shutil.rmtree, args=(self.dir,), kwargs={"ignore_errors": True},
+                                          exitpriority=0)
+        self.owner = directory is None
         self._lock = threading.Condition()
         self._wanted: dict[object, list[str]] = {}
         self._queue: list[str] = []
@@ -263,12 +306,41 @@ class ShardCache:
                 self._queue.remove(url)
             self._busy.add(url)
         try:
-            fetch(url, target, self.options, self._stop)
+            self._fetch_once(url)
         finally:
             with self._lock:
                 self._busy.discard(url)
                 self._lock.notify_all()
         return target
+
+    def _fetch_once(self, url: str) -> None:
+        """Fetch `url` unless another process sharing the directory is fetching it (a `.lock` file made
+        with O_EXCL names the fetcher): then wait for its file, or take over if that process died."""
+        target = self.local_path(url)
+        lock = target + ".lock"
+        tries = max(1, self.options.retries)
+        patience = tries * (self.options.deadline + self.options.backoff * 2 ** tries) + 30
+        waited_since = time.monotonic()
+        while not os.path.exists(target):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                if not _alive(_pid_in(lock)) or time.monotonic() - waited_since > patience:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(lock)  # its fetcher died (or hangs): fetch it ourselves
+                    continue
+                if self._stop.wait(0.05):
+                    raise UnreadableShard("cancelled")
+                continue
+            try:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                if not os.path.exists(target):
+                    fetch(url, target, self.options, self._stop)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
+            return
 
     def want(self, owner: object, current: Iterable[str], upcoming: Iterable[str] = ()) -> None:
         current, upcoming = list(current), list(upcoming)
@@ -286,7 +358,7 @@ class ShardCache:
             self._lock.notify_all()
         for name in os.listdir(self.dir):  # an open file stays readable after its name is removed
             path = os.path.join(self.dir, name)
-            if path not in keep and not name.endswith(".part"):
+            if path not in keep and not name.endswith((".part", ".lock")):
                 try:
                     os.remove(path)
                 except FileNotFoundError:
@@ -302,7 +374,7 @@ class ShardCache:
                 url = self._queue.pop(0)
                 self._busy.add(url)
             try:
-                fetch(url, self.local_path(url), self.options, self._stop)
+                self._fetch_once(url)
             except Exception as err:  # UnreadableShard, or e.g. a missing protocol package: get() raises it
                 with self._lock:
                     self._failed[url] = err
@@ -322,7 +394,8 @@ class ShardCache:
         if self._thread is not None:
             self._thread.join(timeout=self.options.timeout + 5)
             self._thread = None
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.owner:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def sizes_beside(url: str, options: RemoteOptions) -> dict:

@@ -25,11 +25,17 @@ from ..errors import UserError
 from .workers import init_worker, iterate
 
 
+def micro_batch_size(global_batch: int, world_size: int, micro_batches: int) -> int:
+    """Samples per micro-batch on each rank; the one check that the global batch splits evenly."""
+    if global_batch % (world_size * micro_batches):
+        raise UserError(f"batch_size {global_batch} (the global batch) must be divisible by "
+                        f"{world_size} ranks x grad_accum {micro_batches}")
+    return global_batch // (world_size * micro_batches)
+
+
 class ResumableBatches:
     def __init__(self, dataset: Dataset, global_batch: int, collate: Callable, *, rank: int = 0,
                  world_size: int = 1, micro_batches: int = 1, num_workers: int = 0, seed: int = 0):
-        from .build import micro_batch_size
-
         self.micro_size = micro_batch_size(global_batch, world_size, micro_batches)
         if len(dataset) < global_batch:
             raise UserError(f"the dataset has {len(dataset)} samples, fewer than one batch of {global_batch}: "

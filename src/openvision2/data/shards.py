@@ -4,20 +4,16 @@ Layout: img2dataset's (key.jpg/png/webp + key.txt + key.json). A source is a sha
 expansion and `::` as in webdataset/open_clip, or a directory of .tar files); several sources are mixed
 with weights: `"a-{000..099}.tar@0.7;b-{000..009}.tar@0.3"`.
 
-Order. The readers are "slots": slot = rank * workers + worker, one per DataLoader worker per rank. In
-epoch e the shard list is permuted with a seed of (seed, source, e), and slot s takes every S-th shard
-of it (S = number of slots), so slots never overlap; with fewer shards than slots, every slot reads
-every shard and keeps every S-th sample. A slot walks its shards in groups of consecutive shards
-holding at least `shuffle_buffer` samples and emits each group's samples in a random permutation: a
-shuffle buffer of that size, but computed, not filled. (Reading by offset is what the tar index is for.)
-With `with_replacement`, shards are drawn at random (per slot) instead of permuted.
+The training stream (data/loader.py) reads one global sample order (data/order.py) by offset through
+this module's pieces: the shard list, the sample counts, the index cache and `ShardDataset.to_sample`.
 
-State. Everything is a function of (seed, slot, position), so the state of a slot is a handful of
-counters: for each source, the cursor of its current group in the endless shard sequence and the
-position inside the group's permutation; plus how many samples the slot emitted (which picks the
-source of the next one) and its bad-sample counters. A resumed slot rebuilds its group and continues
-with exactly the next unseen sample. Augmentation randomness is seeded by the sample's identity
-(source, shard visit, index), so the resumed images are bit-identical too.
+This module's own streams serve single passes: the held-out sets (`ordered`, `first`, `take`), tokenizer
+captions and `samples()`. A reader here is a "slot" (slot s of S): in epoch e the shard list is permuted
+with a seed of (seed, source, e) and slot s takes every S-th shard of it (with fewer shards than slots,
+every S-th sample); it walks its shards in groups of consecutive shards holding at least
+`shuffle_buffer` samples and emits each group in a random permutation. Without shuffle and with
+S = 1 (every held-out set) that is simply the shards' own order. Augmentation randomness is seeded by
+the sample's identity.
 """
 
 from __future__ import annotations
@@ -36,7 +32,7 @@ from itertools import islice
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import get_worker_info
 
 from ..errors import DataSourceFailed, UserError
 from .badsamples import BadSample, BadSampleLog
@@ -104,6 +100,9 @@ def parse_sources(spec: str) -> list[Source]:
 
 @lru_cache(maxsize=64)
 def _read_sizes(path: str) -> dict:
+    """A sizes.json ({} when there is none, or it is not a regular file: a FIFO would block the open)."""
+    if not os.path.isfile(path):
+        return {}
     try:
         with open(path) as f:
             sizes = json.load(f)
@@ -155,6 +154,14 @@ def caption_of(members: dict[str, bytes], caption_key: str, rng: random.Random) 
     return text
 
 
+def capped(text: str, shard: str, key: str, bad: BadSampleLog) -> str:
+    """The caption, cut to MAX_CAPTION_CHARS (counted as long_caption when it was longer)."""
+    if len(text) <= MAX_CAPTION_CHARS:
+        return text
+    bad.record("long_caption", shard, key, f"{len(text)} characters, cut to {MAX_CAPTION_CHARS}")
+    return text[:MAX_CAPTION_CHARS]
+
+
 # ------------------------------------------------------------------------------------------ the stream
 class IndexCache:
     """The last few shard indexes of a slot (a resumed or repeated group does not re-read headers).
@@ -163,9 +170,11 @@ class IndexCache:
     holds its own references)."""
 
     def __init__(self, capacity: int = 16, remote: RemoteOptions | None = None, slot: int = 0,
-                 inflated_budget: int | None = None):
+                 inflated_budget: int | None = None, shared_dir: str | None = None):
         self.capacity, self._items = capacity, OrderedDict()  # an index costs ~0.5 kB a sample
         self.remote, self.slot, self.fetched = remote or RemoteOptions(), slot, None
+        self.shared_dir = shared_dir  # a cache directory made by another process (data/loader.py), else our own
+        self._held: tuple | None = None
         self.inflated_budget = MAX_INFLATED_BYTES if inflated_budget is None else inflated_budget
 
     def inflated_bytes(self) -> int:
@@ -200,8 +209,14 @@ class IndexCache:
 
     def _shard_cache(self) -> ShardCache:
         if self.fetched is None:
-            self.fetched = ShardCache(self.remote, self.slot)
+            self.fetched = ShardCache(self.remote, self.slot, directory=self.shared_dir)
         return self.fetched
+
+    def hold(self, order, window: tuple[int, int]) -> None:
+        """Keep at least the indexes of two windows of `order` (data/order.py): the one read and the last."""
+        if self._held != (id(order), window):
+            self._held = (id(order), window)
+            self.capacity = max(self.capacity, 2 * len(order.window_shards(*window)) + 2)
 
     def want(self, owner: int, current: list[str], upcoming: list[str]) -> None:
         """The remote shards `owner` reads now and next (the next ones are fetched in the background)."""
@@ -331,13 +346,6 @@ class SourceStream:
     def note_good(self) -> None:
         self._idle_shards = 0
 
-    def state(self) -> dict:
-        return {"cursor": self.cursor, "pos": self.pos}
-
-    def restore(self, state: dict) -> None:
-        self.cursor, self.pos, self.group = int(state["cursor"]), int(state["pos"]), None
-        self.reader.close()
-
     def close(self) -> None:
         self.reader.close()
 
@@ -374,47 +382,16 @@ class SlotStream:
                 return None
             members, shard, key, rng = raw
             try:
-                image_ext = next((e for e in IMAGE_EXTS if e in members), None)
-                if image_ext is None:
-                    raise BadSample("missing_image", f"members: {', '.join(sorted(members)) or 'none'}")
-                caption = alt_text = ""  # alt_text stays the caption for methods that name no alt-text field
-                if self.dataset.caption_key:
-                    caption = alt_text = self.capped(caption_of(members, self.dataset.caption_key, rng), shard, key)
-                if self.dataset.alt_caption_key:
-                    try:
-                        alt_text = self.capped(caption_of(members, self.dataset.alt_caption_key, rng), shard, key)
-                    except BadSample as err:  # never fall back to the caption: it would leak the target
-                        reason = "bad_text" if err.reason == "bad_text" else "missing_alt_text"
-                        raise BadSample(reason, f"alt-text {self.dataset.alt_caption_key!r}: {err}") from None
-                meta = json_meta(members) if self.dataset.with_meta else None
-                image = self.dataset.transform(members[image_ext], rng)
+                sample = self.dataset.to_sample(members, shard, key, rng, self.bad)
             except BadSample as err:
                 self.bad.record(err.reason, shard, key, err.detail)
                 continue
             stream.note_good()
             self.emitted += 1
-            sample = {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard}
-            if meta is not None:
-                sample["meta"] = meta
             return sample
 
     def capped(self, text: str, shard: str, key: str) -> str:
-        if len(text) <= MAX_CAPTION_CHARS:
-            return text
-        self.bad.record("long_caption", shard, key, f"{len(text)} characters, cut to {MAX_CAPTION_CHARS}")
-        return text[:MAX_CAPTION_CHARS]
-
-    def state(self) -> dict:
-        return {"emitted": self.emitted, "sources": [s.state() for s in self.streams], "bad": self.bad.as_dict()}
-
-    def restore(self, state: dict) -> None:
-        if len(state["sources"]) != len(self.streams):
-            raise UserError(f"the data state has {len(state['sources'])} shard sources and the config "
-                            f"{len(self.streams)}: resume with the same train_shards")
-        self.emitted = int(state["emitted"])
-        for stream, s in zip(self.streams, state["sources"]):
-            stream.restore(s)
-        self.bad.counts.update(state.get("bad", {}))
+        return capped(text, shard, key, self.bad)
 
     def close(self) -> None:
         for stream in self.streams:
@@ -422,7 +399,7 @@ class SlotStream:
         self.index_cache.close()
 
 
-def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
     if rank is not None and world_size is not None:
         return rank, world_size
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -430,12 +407,11 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return 0, 1
 
 
-class ShardDataset(IterableDataset):
-    """An endless (or, with `epochs`, finite) stream from shards. Iterated (by a DataLoader) it yields
-    whole batches, each carrying `data_state` = (slot, num_slots, state after this batch) so the main
-    process knows exactly how far every worker got (loader.ShardBatches keeps the latest per slot).
-    `samples()` iterates single samples. Slots come from the rank (explicit, or torch.distributed) and
-    the DataLoader worker."""
+class ShardDataset:
+    """Shards and how to read them: sources, transform, caption keys, seed and shuffle settings, sample
+    counts (`shard_counts`). The training stream over it is data/loader.py's ShardBatches (batch_size is
+    its micro-batch, rank / world_size its place: explicit, or torch.distributed); `samples()`, `ordered()`
+    and `first()` read single passes (a slot of this module)."""
 
     def __init__(self, sources: list[Source] | list[str] | str, transform: Callable, caption_key: str = "txt",
                  alt_caption_key: str = "", seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 10_000,
@@ -464,11 +440,32 @@ class ShardDataset(IterableDataset):
         self.batch_size, self.collate, self.epochs, self.drop_last = batch_size, collate, epochs, drop_last
         self.rank, self.world_size = rank, world_size
         self.remote = remote or RemoteOptions()  # how remote shards are fetched (data/remote.py)
-        self.resume: dict[int, dict] = {}  # slot -> state, set by loader.ShardBatches.load_state_dict
+
+    def to_sample(self, members: dict[str, bytes], shard: str, key: str, rng: random.Random,
+                  bad: BadSampleLog) -> dict:
+        """A sample's members -> {image, caption, alt_text, key, shard[, meta]}; raises BadSample."""
+        image_ext = next((e for e in IMAGE_EXTS if e in members), None)
+        if image_ext is None:
+            raise BadSample("missing_image", f"members: {', '.join(sorted(members)) or 'none'}")
+        caption = alt_text = ""  # alt_text stays the caption for methods that name no alt-text field
+        if self.caption_key:
+            caption = alt_text = capped(caption_of(members, self.caption_key, rng), shard, key, bad)
+        if self.alt_caption_key:
+            try:
+                alt_text = capped(caption_of(members, self.alt_caption_key, rng), shard, key, bad)
+            except BadSample as err:  # never fall back to the caption: it would leak the target
+                reason = "bad_text" if err.reason == "bad_text" else "missing_alt_text"
+                raise BadSample(reason, f"alt-text {self.alt_caption_key!r}: {err}") from None
+        meta = json_meta(members) if self.with_meta else None
+        image = self.transform(members[image_ext], rng)
+        sample = {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard}
+        if meta is not None:
+            sample["meta"] = meta
+        return sample
 
     def slot(self) -> tuple[int, int]:
         """(this reader's slot, number of slots) = (rank * workers + worker, world * workers)."""
-        rank, world = _rank_and_world(self.rank, self.world_size)
+        rank, world = rank_and_world(self.rank, self.world_size)
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         return rank * workers + worker, world * workers
@@ -476,10 +473,7 @@ class ShardDataset(IterableDataset):
     def open_slot(self, slot: int | None = None, num_slots: int | None = None) -> SlotStream:
         if slot is None:
             slot, num_slots = self.slot()
-        stream = SlotStream(self, slot, num_slots)
-        if slot in self.resume:
-            stream.restore(self.resume[slot])
-        return stream
+        return SlotStream(self, slot, num_slots)
 
     def samples(self, slot: int | None = None, num_slots: int | None = None) -> Iterator[dict]:
         stream = self.open_slot(slot, num_slots)
@@ -489,42 +483,36 @@ class ShardDataset(IterableDataset):
         finally:
             stream.close()
 
-    def __iter__(self) -> Iterator[dict]:
-        stream = self.open_slot()
-        try:
-            while True:
-                batch = []
-                while len(batch) < self.batch_size and (sample := stream.next_sample()) is not None:
-                    batch.append(sample)
-                if not batch or (len(batch) < self.batch_size and self.drop_last):
-                    return
-                out = self.collate(batch) if self.collate is not None else {
-                    "images": torch.stack([s["image"] for s in batch]), "texts": [s["caption"] for s in batch]}
-                out["keys"] = [f"{s['shard']}:{s['key']}" for s in batch]  # which samples (OV2_TRACE_SAMPLES)
-                out["data_state"] = (stream.slot, stream.num_slots, stream.state())
-                yield out
-        finally:
-            stream.close()
-
     def __len__(self) -> int:
-        """Samples in one pass over every shard (bad ones included), from the sizes.json that
-        `ov2 shards` writes beside the shards, else from the shards' headers."""
-        if not hasattr(self, "_length"):
-            total, cache = 0, IndexCache(remote=self.remote)  # remote shards without sizes.json are fetched
+        """Samples in one pass over every shard (bad ones included)."""
+        return int(sum(int(counts.sum()) for counts in self.shard_counts()[0]))
+
+    def shard_counts(self) -> tuple[list[np.ndarray], dict[str, str]]:
+        """The samples of each shard, per source, from the sizes.json that `ov2 shards` writes beside the
+        shards, else from the shard's headers (a remote shard without one is fetched for it); and the shards
+        that could not be counted (path -> why: they hold no sample of the order). Computed once."""
+        if not hasattr(self, "_counts"):
+            cache = IndexCache(remote=self.remote)
+            counts, problems = [], {}
             try:
-                for path in (p for source in self.sources for p in source.shards):
-                    sizes_file = os.path.join(os.path.dirname(path), SIZES_FILE)
-                    sizes = (sizes_beside(path, self.remote) if is_remote(path)
-                             else _read_sizes(sizes_file) if os.path.exists(sizes_file) else {})
-                    if os.path.basename(path) in sizes:
-                        total += int(sizes[os.path.basename(path)])
-                    elif isinstance(index := cache.get(path), ShardIndex):
-                        total += len(index)
-                        cache.want(0, [], [])  # keep no fetched copy
+                for source in self.sources:
+                    found = np.zeros(len(source.shards), dtype=np.int64)
+                    for k, path in enumerate(source.shards):
+                        directory, name = os.path.split(path)
+                        sizes = (sizes_beside(path, self.remote) if is_remote(path)
+                                 else _read_sizes(os.path.join(directory, SIZES_FILE)))
+                        if name in sizes:
+                            found[k] = int(sizes[name])
+                        elif isinstance(index := cache.get(path), ShardIndex):
+                            found[k] = len(index)
+                            cache.want(0, [], [])  # keep no fetched copy
+                        else:
+                            problems[path] = str(index)
+                    counts.append(found)
             finally:
                 cache.close()
-            self._length = total
-        return self._length
+            self._counts = counts, problems
+        return self._counts
 
     def take(self, count: int) -> list[dict]:
         """The first `count` samples of a single-process pass (e.g. the fixed held-out batch)."""

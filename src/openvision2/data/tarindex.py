@@ -9,7 +9,10 @@ first dot, directory kept), whether or not a key's members are adjacent.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .badsamples import BadSample
@@ -80,7 +83,7 @@ def index_shard(path: str) -> ShardIndex:
     """Read the member headers of `path`. Raises UnreadableShard; a truncated archive is indexed up to
     its last complete member and flagged in `truncated`."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             magic = f.read(2)
             f.seek(0, io.SEEK_END)
             size = f.tell()
@@ -91,6 +94,17 @@ def index_shard(path: str) -> ShardIndex:
             return _index(path, f, size, None, "")
     except OSError as err:
         raise UnreadableShard(f"cannot open: {err.strerror or err}") from None
+
+
+def open_regular(path: str):
+    """open(path, "rb") for a regular file; UnreadableShard for anything else (a FIFO would block the open
+    and every read forever, a device never ends, a directory is not a shard)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO's open returns at once instead of waiting
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableShard("not a regular file (a FIFO, a device or a directory)")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 class _BufferFile:
@@ -187,10 +201,11 @@ def _index(path: str, f, size: int, data: bytearray | None, problem: str) -> Sha
 
 
 class ShardReader:
-    """Reads member bytes of indexed shards; keeps each shard's file open until close()."""
+    """Reads member bytes of indexed shards; keeps the last `max_open` shards' files open (until close())."""
 
-    def __init__(self):
-        self._files: dict[str, object] = {}
+    def __init__(self, max_open: int = 256):
+        self._files: OrderedDict[str, object] = OrderedDict()
+        self.max_open = max_open
 
     def read(self, index: ShardIndex, offset: int, size: int) -> bytes:
         if index.data is not None:
@@ -198,9 +213,13 @@ class ShardReader:
         f = self._files.get(index.path)
         if f is None:
             try:
-                f = self._files[index.path] = open(index.file or index.path, "rb")
-            except OSError as err:  # removed or made unreadable since it was indexed
+                f = self._files[index.path] = open_regular(index.file or index.path)
+            except (OSError, UnreadableShard) as err:  # removed or replaced since it was indexed
                 raise BadSample("unreadable_shard", str(err)) from None
+            if len(self._files) > self.max_open:
+                self._files.popitem(last=False)[1].close()
+        else:
+            self._files.move_to_end(index.path)
         f.seek(offset)
         data = f.read(size)
         if len(data) != size:
