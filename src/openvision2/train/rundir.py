@@ -224,12 +224,9 @@ def rewind_metrics(out_dir: Path, step: int) -> set[str]:
 # what the steps already taken computed (seed, learning rate, keep ratio, data, model), so a resume
 # that changes it is refused: it would rewrite config.json with values that do not describe the run.
 RESUME_MAY_CHANGE = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.max_bad_steps",
-                     "run.peak_tflops", "run.tensorboard", "run.init_from", "parallel.strategy", "parallel.grad_accum",
-                     "parallel.micro_batch",
-                     "parallel.activation_checkpointing", "parallel.compile", "parallel.meta_init",
-                     "parallel.precision", "data.num_workers", "data.shard_cache", "data.shard_read_ahead",
-                     "data.shard_timeout", "data.shard_retries", "data.val_shards", "data.val_samples", "eval.*",
-                     "model.eval_keep_ratio", "model.logits_chunk")
+                     "run.peak_tflops", "run.tensorboard", "run.init_from", "parallel.*", "data.num_workers",
+                     "data.shard_cache", "data.shard_read_ahead", "data.shard_timeout", "data.shard_retries",
+                     "data.val_shards", "data.val_samples", "eval.*", "model.eval_keep_ratio", "model.logits_chunk")
 
 
 def check_resume_settings(config, checkpoint: Path) -> None:
