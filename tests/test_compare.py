@@ -166,6 +166,14 @@ def test_sigterm_to_the_process_group_stops_the_comparison_and_the_same_command_
     assert result["methods"]["openvision2"]["steps"] == 600 and max(losses(run)) == 600
 
 
+def test_compare_refuses_more_vlm_images_than_memory_holds_before_measuring(tmp_path, capsys):
+    assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(tmp_path / "cmp"),
+                 "--vlm-train-images", "100000000", *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "over half of this machine's" in err, err
+    assert sorted(p.name for p in (tmp_path / "cmp").iterdir()) == [".lock"]  # nothing measured or trained
+
+
 def test_compare_rounds_below_one_is_one_line(tmp_path, capsys):
     assert main(["compare", "--methods", "openvision2", "--steps", "3", "--out", str(tmp_path / "cmp"),
                  "--rounds", "0", *TINY]) == 2

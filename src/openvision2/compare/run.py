@@ -248,6 +248,10 @@ def _compare(options: CompareOptions, out: Path, stop: StopOnSignal) -> dict:
 
     options.overrides = pin_precision(options)
     base = {m: method_config(options.preset, m, options.overrides) for m in options.methods}
+    if "vlm" in options.evals:  # before any training, as the other evaluation settings
+        from ..vlm.evaluate import check_vqa_fits
+
+        check_vqa_fits(options.vlm_options(), base[options.methods[0]].image_size)
     warmup = min(base[options.methods[0]].warmup_steps, max(1, options.steps // 10))
     if options.budget == "steps":  # before any measurement, so that a clash is found at once
         for method in options.methods:

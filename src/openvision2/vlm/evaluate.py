@@ -30,12 +30,19 @@ def check_fits(images: int, image_size: int, memory_bytes: int = 0) -> None:
                         f"{memory / 2**30:,.1f} GiB: ask for fewer images")
 
 
+def check_vqa_fits(options: VLMOptions, image_size: int) -> None:
+    """check_fits for the images a task generates: as many as asked (a user's own data caps itself)."""
+    from ..eval.tasks import SYNTHETIC_TASKS
+
+    if options.task in (VQA_TASK, *SYNTHETIC_TASKS):
+        check_fits(options.train_images + options.test_images, image_size)
+
+
 def load_vqa(options: VLMOptions, image_size: int) -> tuple[vqa.VQASet, vqa.VQASet]:
     """(train, test) sets: the embedded VQA split, or "what is this item?" on a classification task."""
-    from ..eval.tasks import SYNTHETIC_TASKS, load_task
+    from ..eval.tasks import load_task
 
-    if options.task in (VQA_TASK, *SYNTHETIC_TASKS):  # generated: as many as asked (a user's data caps itself)
-        check_fits(options.train_images + options.test_images, image_size)
+    check_vqa_fits(options, image_size)
     if options.task == VQA_TASK:
         return (vqa.synthetic_vqa("train", options.train_images, image_size, options.seed),
                 vqa.synthetic_vqa("val", options.test_images, image_size, options.seed))
