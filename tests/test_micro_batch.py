@@ -71,6 +71,3 @@ def test_auto_on_a_gpu_takes_the_largest_micro_batch_that_fits_its_memory():
     assert split.peak_bytes == accumulating.peak(16) <= USABLE * memory_gib * 2**30
     assert f"micro-batch 16 x accumulation 4 per rank, expected peak {split.peak_bytes / 2**30:.1f} GiB" in \
         split.describe()
-    whole = split_batch(config, 1, 80.0)  # everything fits: no accumulation
-    assert (whole.micro_batch, whole.grad_accum) == (64, 1)
-    assert split_batch(config, 1, memory_gib, recorded=8).micro_batch == 8  # a resume keeps its choice
