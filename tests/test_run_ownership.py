@@ -68,7 +68,9 @@ def test_kill_9_with_workers_then_an_immediate_resume_is_accepted(tmp_path):
     workers = _children(process.pid)
     assert workers, "the run has a DataLoader worker"
     os.kill(process.pid, signal.SIGKILL)
-    process.communicate()
+    process.wait()  # not communicate(): the worker holds the pipes too, and would be waited for
+    process.stdout.close()
+    process.stderr.close()
     step = int(latest_name(tmp_path).split("-")[1])
     summary = train(quick(steps=step + 1, ckpt_every=1, num_workers=1), tmp_path, progress=False, resume=True)
     assert summary["step"] == step + 1
