@@ -34,13 +34,15 @@ from ..precision import DTYPES
 from ..preprocess import normalize
 from ..train.config import TrainConfig
 from ..train.optim import build_optimizer
-from ..train.parallel import no_gradient_sync, parallelize, resolve_parallel
+from ..train.parallel import apply_activation_checkpointing, no_gradient_sync, parallelize, resolve_parallel
 
 CPU = torch.device("cpu")
 # torch versions whose DTensor sharding propagation reuses the outer fake mode (checked: 2.14.1)
 PROPAGATION_FIX_VERSIONS = ("2.14.",)
 # ops CUDA autocast runs in fp32 and CPU autocast does not (torch/csrc/autograd autocast_mode.cpp lists)
 CUDA_FP32_OPS = ("layer_norm", "softmax.int", "log_softmax.int")
+# a checkpointing mode of plans only: full checkpointing of the image tower's blocks alone (the released code)
+ENCODER_ONLY = "encoder-full"
 
 
 @dataclass(frozen=True)
@@ -171,12 +173,17 @@ def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumu
     # Built and wrapped on the meta device as `meta_init=true` training does (building reads values,
     # e.g. timm's drop-path rates, which a FakeTensor does not have), then given (fake) storage.
     model = build_model(model_config(config), device="meta")
+    if checkpointing == ENCODER_ONLY:  # the release's remat: every block of the image tower, nothing else
+        apply_activation_checkpointing(model.encoder, "full")
+        checkpointing = "none"
     wrapped = parallelize(model, "fsdp" if parallel == "fsdp" else "none", activation_checkpointing=checkpointing,
                           compile=False, param_dtype=dtype)
     tensors = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    with tensors, torch.device(CPU):
+    with tensors:
         model.to_empty(device=CPU)
-        optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps)
+        # fused, as training on CUDA builds it (train/backend.py): no per-parameter temporaries
+        optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps,
+                                    fused=True)
         for p in model.parameters():  # AdamW's state, as after the first step
             p.grad = torch.zeros_like(p)
         optimizer.step()
@@ -235,3 +242,33 @@ def _breakdown(snapshot: dict) -> Tracked:
                    activations=total("Activation", "Temp", "All Gather", "Reduce Scatter", "Other"),
                    inputs=total("Inputs"),
                    total=total("Total"))
+
+
+def loss_bytes(config: TrainConfig, micro_batch: int) -> int:
+    """The caption loss's own memory at one micro-batch (the vocabulary head and cross-entropy of
+    models/losses.py on the decoder's output), tracked alone: its peak less its inputs (the hidden
+    states and the head) and the head's gradient. `ov2 plan` shows it apart from the activations."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    from ..models.losses import caption_nll
+    from ..models.registry import decoder_size
+
+    cfg = model_config(config)
+    width = decoder_size(cfg.decoder).width
+    dtype = DTYPES[plan_precision(config.parallel.precision)]
+    positions = cfg.text_len if get_method(cfg.method).has_text_encoder else cfg.text_len - 1
+    with cuda_autocast_policy(), FakeTensorMode():
+        head = torch.nn.Linear(width, cfg.vocab_size, bias=False)
+        hidden = torch.zeros(micro_batch, positions, width, dtype=dtype, requires_grad=True)
+        targets = torch.ones(micro_batch, positions, dtype=torch.long)
+        mask = torch.ones(micro_batch, positions, dtype=torch.bool)
+        tracker = MemTracker()
+        tracker.track_external(head, hidden)
+        with tracker, worst_case_nonzero():
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                out = caption_nll(hidden, head, targets, mask, cfg.logits_chunk)
+            out["nll_sum"].backward()
+        peak = tracker.get_tracker_snapshot("peak").get(CPU, {})
+        inputs = hidden.numel() * hidden.element_size() + 2 * head.weight.numel() * head.weight.element_size()
+        return max(0, _breakdown(peak).total - inputs)

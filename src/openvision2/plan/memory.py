@@ -150,20 +150,21 @@ def fit_micro_batch(config: TrainConfig, world_size: int, device_memory_gib: flo
     return choice.micro_batch, choice.peak_bytes
 
 
-def no_fit_message(config: TrainConfig, device_memory_gib: float, choice: Choice) -> str:
-    """What would make a config that fits at no micro-batch fit."""
+def no_fit_message(config: TrainConfig, device_memory_gib: float, choice: Choice, every_mode: bool = False) -> str:
+    """What would make a config that fits at no micro-batch fit (every_mode: no checkpointing mode fits)."""
     fit, one = choice.fit, choice.peak_bytes
     capacity = USABLE * device_memory_gib * GIB
     hints = []
-    if fit.checkpointing != "full":
-        hints.append("activation_checkpointing=full")
     if fit.parallel != "fsdp":
         hints.append("parallel=fsdp (shards weights, gradients and AdamW state over the GPUs)")
     elif fit.fixed > 0.5 * capacity:
         hints.append("more GPUs (FSDP shards the fixed part over them)")
+    if fit.checkpointing != "full" and not every_mode:
+        hints.append("activation_checkpointing=full")
     hints.append("a GPU with more memory")
+    modes = "with any activation checkpointing" if every_mode else f"with activation checkpointing {fit.checkpointing}"
     return (f"{config.model.method} {config.model.encoder} @ {config.model.image_size}px does not fit "
-            f"{device_memory_gib:g} GiB per GPU even at micro-batch 1 ({human_bytes(one)} tracked > "
+            f"{device_memory_gib:g} GiB per GPU even at micro-batch 1 {modes} ({human_bytes(one)} tracked > "
             f"{human_bytes(capacity)} usable, {USABLE:.0%} of the device): try " + ", or ".join(hints))
 
 

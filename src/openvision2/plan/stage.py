@@ -1,0 +1,148 @@
+"""The plan of one training stage on a cluster: memory per device broken down, whether it fits, the
+largest micro-batch per checkpointing mode, and step time, GPU-hours, days and cost.
+
+Time: a step's FLOPs are 3 x the forward FLOPs of `ov2 flops` (flops.py, a training step's texts) per
+sample, plus one more forward with full activation checkpointing (selective recomputes no matmul);
+they run at `mfu` of the device's dense peak in the run's precision (bf16, or tf32 for fp32). The MFU is
+an assumption the user states (--mfu); nothing here measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..methods import count_flops, get_method
+from ..train.config import TrainConfig
+from ..train.parallel import ACTIVATION_CHECKPOINTING
+from . import analytic
+from .fake import loss_bytes, model_config, plan_precision
+from .memory import GIB, USABLE, Choice, choose, measure, no_fit_message, split_per_device
+
+DEFAULT_MFU = 0.40
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # a table entry's name, or "custom"
+    memory_gib: float
+    peak_tflops: float | None  # dense, in the run's precision; None: no timing
+
+
+def given_micro_batch(config: TrainConfig, per_device: int) -> int | None:
+    """The micro-batch the config fixes (micro_batch=N, or grad_accum=A), None for micro_batch=auto."""
+    par = config.parallel
+    fixed = getattr(par, "fixed_micro_batch", lambda: None)()
+    if fixed:
+        return fixed
+    if par.grad_accum > 0 and per_device % par.grad_accum == 0:
+        return per_device // par.grad_accum
+    return None
+
+
+def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFAULT_MFU,
+               price_per_gpu_hour: float | None = None, explain: bool = False, modes=ACTIVATION_CHECKPOINTING,
+               adam_first_moment_bf16: bool = False, checkpointing: str | None = None) -> dict:
+    """The plan of one stage (see the module's doc); checkpointing overrides the config's (e.g. the
+    plan-only "encoder-full"); adam_first_moment_bf16: the release's bf16 first moment."""
+    per_device = split_per_device(config.optim.batch_size, gpus)
+    capacity = USABLE * device.memory_gib * GIB
+    own_mode = checkpointing or config.parallel.activation_checkpointing
+    choices = {mode: choose(config, gpus, capacity, mode) for mode in dict.fromkeys([own_mode, *modes])}
+    own = choices[own_mode]
+    if not any(c.micro_batch for c in choices.values()):
+        raise UserError(no_fit_message(config, device.memory_gib, own, every_mode=True))
+    given = given_micro_batch(config, per_device)
+    if given:  # the config fixes the micro-batch: plan that one
+        fit = own.fit if (given < per_device) == own.fit.accumulate else measure(config, gpus, own_mode, given < per_device)
+        own = Choice(given, per_device // given, fit.peak(given), fit)
+    shown = own if own.micro_batch else Choice(1, per_device, own.peak_bytes, own.fit)
+    saving = _adam_saving(shown, adam_first_moment_bf16)
+    out = {
+        "method": config.model.method, "encoder": config.model.encoder, "decoder": config.model.decoder,
+        "image_size": config.model.image_size, "batch_size": config.optim.batch_size, "steps": config.optim.steps,
+        "gpus": gpus, "gpu": device.kind, "device_memory_gib": device.memory_gib,
+        "usable_gib": capacity / GIB, "usable_fraction": USABLE,
+        "parallel": own.fit.parallel, "precision": plan_precision(config.parallel.precision),
+        "activation_checkpointing": own_mode, "per_device_batch": per_device,
+        "micro_batch": shown.micro_batch, "grad_accum": shown.grad_accum,
+        "peak_gib": (shown.peak_bytes - saving) / GIB,
+        "fits": bool(own.micro_batch) and shown.peak_bytes - saving <= capacity,
+        "breakdown_gib": breakdown(config, shown, device, saving),
+        "fit": {"fixed_gib": (shown.fit.fixed - saving) / GIB, "per_sample_mib": shown.fit.per_sample / 2 ** 20,
+                "accumulating": shown.fit.accumulate, "fitted": [[b, t / GIB] for b, t in shown.fit.fitted]},
+        "largest_micro_batch": {mode: {"micro_batch": c.micro_batch, "grad_accum": c.grad_accum,
+                                       "peak_gib": (c.peak_bytes - _adam_saving(c, adam_first_moment_bf16)) / GIB,
+                                       "largest_fitting": c.fit.largest(capacity + _adam_saving(c, adam_first_moment_bf16))}
+                                for mode, c in choices.items() if mode in modes},
+    }
+    out["time"] = timing(config, per_device, own_mode, device, mfu, gpus, price_per_gpu_hour)
+    if explain:
+        out["explain"] = cross_check(config, shown, gpus)
+    return out
+
+
+def _adam_saving(choice: Choice, enabled: bool) -> float:
+    """Adam's first moment in bf16 instead of fp32 (the release's mu_dtype): a quarter of the state less."""
+    return choice.fit.parts.get("optimizer", 0) / 4 if enabled else 0.0
+
+
+def breakdown(config: TrainConfig, choice: Choice, device: Device, saving: float) -> dict:
+    """GiB per device at the chosen micro-batch: parameters, gradients, optimizer state, activations
+    (what the step keeps for backward and its temporaries, the loss apart), loss temporaries, inputs,
+    DDP buckets, and the allowance (the share of the device no tracker sees)."""
+    parts = choice.fit.parts
+    fixed = {k: parts.get(k, 0) for k in ("parameters", "gradients", "optimizer", "inputs", "ddp_buckets")}
+    fixed["optimizer"] -= saving
+    loss = loss_bytes(config, choice.micro_batch)
+    activations = max(0.0, choice.peak_bytes - saving - sum(fixed.values()) - loss)
+    out = {k: v / GIB for k, v in fixed.items() if v or k != "ddp_buckets"}
+    out.update(activations=activations / GIB, loss_temporaries=loss / GIB,
+               allowance=(1 - USABLE) * device.memory_gib)
+    return out
+
+
+def train_flops_per_sample(config: TrainConfig, checkpointing: str) -> float:
+    """3 x forward (a training step's texts), plus the forward again of what full checkpointing recomputes."""
+    model = model_config(config)
+    counted = count_flops(model, max(1, get_method(model.method).train_text_passes))
+    recomputed = {"full": counted.total_flops, "encoder-full": counted.flops["encoder"]}.get(checkpointing, 0)
+    return 3 * counted.total_flops + recomputed
+
+
+def timing(config: TrainConfig, per_device: int, checkpointing: str, device: Device, mfu: float, gpus: int,
+           price: float | None) -> dict:
+    flops = train_flops_per_sample(config, checkpointing)
+    out = {"gflops_per_sample": flops / 1e9, "mfu": mfu, "peak_tflops": device.peak_tflops}
+    if not device.peak_tflops:
+        return out
+    step_s = per_device * flops / (device.peak_tflops * 1e12 * mfu)
+    hours = config.optim.steps * step_s / 3600
+    out.update(step_s=step_s, images_per_s_per_device=per_device / step_s, images_per_s=gpus * per_device / step_s,
+               hours=hours, days=hours / 24, gpu_hours=hours * gpus)
+    if price is not None:
+        out.update(price_per_gpu_hour=price, cost=hours * gpus * price)
+    return out
+
+
+def cross_check(config: TrainConfig, choice: Choice, gpus: int) -> dict:
+    """The analytic figures beside the fake run's (plan/analytic.py), with the differences."""
+    model = model_config(config)
+    element = 2 if plan_precision(config.parallel.precision) == "bf16" else 4
+    per_sample = analytic.activation_bytes_per_sample(model, choice.fit.checkpointing, element)
+    params = count_flops(model).total_params
+    state = analytic.state_bytes(params, gpus, choice.fit.parallel == "fsdp")
+    tracked_state = sum(choice.fit.parts.get(k, 0) for k in ("parameters", "gradients", "optimizer"))
+    analytic_sample = sum(per_sample.values())
+    return {
+        "activation_mib_per_sample": {"analytic": analytic_sample / 2 ** 20, "tracked": choice.fit.per_sample / 2 ** 20,
+                                      "difference": choice.fit.per_sample / max(analytic_sample, 1) - 1,
+                                      "per_stack": {k: v / 2 ** 20 for k, v in per_sample.items()}},
+        "state_gib": {"analytic": sum(state.values()) / GIB, "tracked": tracked_state / GIB,
+                      "difference": tracked_state / max(sum(state.values()), 1) - 1,
+                      "parts": {k: v / GIB for k, v in state.items()}},
+        "note": ("analytic state: fp32 parameters + fp32 gradients + two fp32 AdamW moments"
+                 + (" sharded over the GPUs" if choice.fit.parallel == "fsdp" else "")
+                 + "; tracked state at the peak, where gradients may not yet exist and FSDP holds unsharded "
+                   "bf16 copies of the blocks in use; activations per block as plan/analytic.py"),
+    }
