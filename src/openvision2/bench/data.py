@@ -235,7 +235,7 @@ def simulate_corpus(spec: str, batch_size: int, shuffle_buffer: int, say) -> dic
 
     from ..data.augment import TrainAugment
     from ..data.loader import ShardBatches
-    from ..data.shards import ShardDataset
+    from ..data.shards import ShardDataset, _read_sizes
     from ..errors import UserError
 
     try:
@@ -247,49 +247,61 @@ def simulate_corpus(spec: str, batch_size: int, shuffle_buffer: int, say) -> dic
     with tempfile.TemporaryDirectory() as scratch:
         say(f"writing a stand-in tar of {samples} samples and {shards} links to it ...")
         pattern = _stand_in_corpus(Path(scratch), shards, samples)
-        gc.collect()
-        tracemalloc.start()
+
+        def stream() -> ShardBatches:
+            return ShardBatches(ShardDataset(pattern, TrainAugment(32), shuffle_buffer=shuffle_buffer,
+                                             batch_size=batch_size, seed=0), num_workers=0)
+
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started, cpu = time.perf_counter(), time.process_time()
-        dataset = ShardDataset(pattern, TrainAugment(32), shuffle_buffer=shuffle_buffer, batch_size=batch_size, seed=0)
-        shard_list = tracemalloc.get_traced_memory()[0]
-        stream = ShardBatches(dataset, num_workers=0)
-        batch = next(stream)
+        first = stream()
+        batch = next(first)
         first_batch_s, first_batch_cpu = time.perf_counter() - started, time.process_time() - cpu
-        held = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        order_bytes = stream.order.memory_bytes()
-        state = stream.state_dict()
+        state = first.state_dict()
         state_bytes = len(json.dumps(state).encode())
         buffer = io.BytesIO()
         torch.save(state, buffer)
         # the order alone: consecutive positions (how the stream reads), from deep in the run; and jumps
         # to a new window at every position (the worst case: a window's permutation drawn per sample)
-        order, total = stream.order, shards * samples
+        order, total = first.order, shards * samples
         count, start = 200_000, int(total * 0.4)
         t = time.process_time()
         for p in range(start, start + count):
             order.locate(p)
         per_sample_us = (time.process_time() - t) / count * 1e6
-        jumps = 2000
+        jumps = 200
         t = time.process_time()
         for k in range(jumps):
             order.locate((k * 7919 * shuffle_buffer) % total)
         per_jump_us = (time.process_time() - t) / jumps * 1e6
+        order_bytes = order.memory_bytes()
+        first.close()
         # a resume deep in the run: the first batch at global position ~0.7 epochs
-        late = {**state, "position": int(total * 0.7) // stream.global_batch}
-        resumed = ShardBatches(ShardDataset(pattern, TrainAugment(32), shuffle_buffer=shuffle_buffer,
-                                            batch_size=batch_size, seed=0), num_workers=0)
-        resumed.load_state_dict(late)
+        resumed = stream()
+        resumed.load_state_dict({**state, "position": int(total * 0.7) // resumed.global_batch})
         t = time.perf_counter()
         next(resumed)
         resume_first_batch_s = time.perf_counter() - t
-        stream.close()
         resumed.close()
+        del first, resumed, order
+        # memory, apart (tracing slows allocation-heavy code several times): what a fresh stream holds
+        _read_sizes.cache_clear()  # the sizes.json's dict counts too
+        gc.collect()
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        dataset = ShardDataset(pattern, TrainAugment(32), shuffle_buffer=shuffle_buffer, batch_size=batch_size, seed=0)
+        shard_list = tracemalloc.get_traced_memory()[0] - base
+        traced = ShardBatches(dataset, num_workers=0)
+        with_order = tracemalloc.get_traced_memory()[0] - base
+        next(traced)
+        held = tracemalloc.get_traced_memory()[0] - base
+        tracemalloc.stop()
+        traced.close()
     return {"corpus": {"shards": shards, "samples_per_shard": samples, "samples": total},
             "batch_size": batch_size, "shuffle_buffer": shuffle_buffer, "images": list(batch["images"].shape),
             "first_batch_s": round(first_batch_s, 2), "first_batch_cpu_s": round(first_batch_cpu, 2),
             "python_heap_mb": {"shard_list": round(shard_list / 2**20, 1),
+                               "with_counts_and_order": round(with_order / 2**20, 1),
                                "after_first_batch": round(held / 2**20, 1)},
             "order_mb": round(order_bytes / 2**20, 2),
             "peak_rss_growth_mb": round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024, 1),

@@ -126,9 +126,13 @@ def _octal(field: bytes) -> int | None:
     if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes >= 8 GiB
         return int.from_bytes(field[1:], "big")
     field = field.strip(b" \0")
-    if not all(48 <= c <= 55 for c in field):
+    if not _is_octal(field):
         return None
     return int(field, 8) if field else 0
+
+
+def _is_octal(field: bytes) -> bool:
+    return not field.translate(None, b"01234567")  # (C speed: a generator over the bytes costs ~1 us)
 
 
 def _pax_path(data: bytes) -> str | None:
@@ -155,7 +159,7 @@ def _index(path: str, f, size: int, data: bytearray | None, problem: str) -> Sha
                 problem = problem or "partial header at the end"
             break
         stored = header[148:156].strip(b" \0")
-        valid = bool(stored) and all(48 <= c <= 55 for c in stored) and \
+        valid = bool(stored) and _is_octal(stored) and \
             int(stored, 8) == sum(header) - sum(header[148:156]) + 256
         if not valid:
             if offset == 0:
