@@ -233,3 +233,16 @@ def test_order_memory_does_not_grow_with_the_samples():
     order = SourceOrder(np.full(100_000, 10_000), seed=0, source=0, buffer=10_000)
     order.locate(123_456_789)
     assert order.memory_bytes() < 4 << 20  # counts and one epoch's layout; a window's permutation
+
+
+def test_bench_simulates_a_corpus_and_reports_its_bookkeeping(capsys):
+    from openvision2.cli import main
+
+    assert main(["bench", "data", "--simulate-corpus", "30x20", "--batch-size", "8", "--shuffle-buffer", "50",
+                 "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["corpus"] == {"shards": 30, "samples_per_shard": 20, "samples": 600}
+    assert figures["images"] == [8, 3, 32, 32]
+    assert figures["state_bytes"]["json"] < 1024 and figures["order_us_per_sample"] > 0
+    assert main(["bench", "data", "--simulate-corpus", "many"]) == 2
+    assert "give SHARDSxSAMPLES" in capsys.readouterr().err
