@@ -9,8 +9,11 @@ real, no data is. A FakeTensor on "cuda" cannot run backward without a GPU (pyto
 step runs on "cpu" with CUDA's policies applied where the CPU's differ:
 - CUDA autocast runs layer_norm, softmax and log_softmax in fp32; CPU autocast keeps them in bf16.
   While planning, fp32 wrappers for them are registered under the AutocastCPU key (cuda_autocast_policy).
-- The caption loss gathers the counted tokens with nonzero(), whose size depends on data a FakeTensor
-  does not have: every position counts (full-length captions, the most a step can hold; worst_case_nonzero).
+- The caption loss takes its CUDA path (models/chunked_ce.py: every token, 4,096-token chunks), whose
+  chunk body runs compiled there: its Triton kernels keep nothing but their outputs, so while planning
+  the body is one that allocates exactly those outputs (the NLL and the chunk's gradient in the logits'
+  dtype; cuda_loss_path). Where a nonzero() remains, its size depends on data a FakeTensor does not
+  have: every position counts (full-length captions, the most a step can hold; worst_case_nonzero).
 - torch 2.14's DTensor sharding propagation reuses the outer fake mode, so the tracker counts its
   global-shape scratch tensors as optimizer state (~13x too large): detect_fake_mode is made to return
   None there while planning (dtensor_propagation_fix, only on the torch versions that need it).
@@ -116,6 +119,28 @@ def cuda_autocast_policy():
         library._destroy()  # the CPU policy's own kernels are active again
 
 
+def compiled_chunk_body_outputs(logits, targets, mask, need_grad):
+    """What the compiled chunk body (chunked_ce.chunk_nll_and_grad under torch.compile) leaves in memory:
+    the chunk's NLL and, for backward, its gradient in the logits' dtype. Memory only, no values."""
+    nll = torch.zeros((), dtype=torch.float32, device=logits.device)
+    return nll, (torch.empty_like(logits) if need_grad else None)
+
+
+@contextlib.contextmanager
+def cuda_loss_path():
+    """The vocabulary loss as it runs on CUDA (static, 4,096-token chunks, compiled body), on the CPU."""
+    from ..models import chunked_ce
+
+    original = chunked_ce.loss_path
+    static = chunked_ce.LossPath("static", chunked_ce.CUDA_CHUNK_TOKENS, compiled_chunk_body_outputs,
+                                 "cuda, as planned: the compiled chunk body's outputs")
+    chunked_ce.loss_path = lambda device, chunk_tokens=None: static
+    try:
+        yield
+    finally:
+        chunked_ce.loss_path = original
+
+
 class worst_case_nonzero(TorchDispatchMode):
     """nonzero() of a fake tensor: one row per element (every caption position counted)."""
 
@@ -152,21 +177,27 @@ def fake_batch(model, micro_batch: int) -> dict[str, torch.Tensor]:
 
 
 def tracked_steps(config: TrainConfig, world_size: int, micro_batches: tuple[int, ...],
-                  checkpointing: str | None = None, accumulate: bool = False, fake: bool = True) -> list[Tracked]:
+                  checkpointing: str | None = None, accumulate: bool = False, fake: bool = True,
+                  cuda: bool = True) -> list[Tracked]:
     """Per-device memory of one steady-state training step at each micro-batch, as the config trains
     (its parallel strategy at world_size, its precision, its checkpointing unless one is given), on
     one model built once. accumulate: the step runs two micro-batches, the first without gradient
     sync, as the loop does with grad_accum >= 2 (the gradients of the first are held through the
-    second). fake=False runs the same steps on real tensors (what the tests compare with)."""
+    second). fake=False runs the same steps on real tensors (what the tests compare with). cuda=False
+    plans the step as it runs on a CPU instead (CPU autocast policy, unfused AdamW), to compare with
+    what `ov2 bench` measures here."""
     parallel = resolve_parallel(config.parallel.strategy, world_size)
     checkpointing = checkpointing or config.parallel.activation_checkpointing
     dtype = DTYPES[plan_precision(config.parallel.precision)]
     group = fake_process_group(world_size) if parallel == "fsdp" else contextlib.nullcontext()
-    with dtensor_propagation_fix(), cuda_autocast_policy(), group:
-        return _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumulate, fake)
+    autocast_policy = cuda_autocast_policy() if cuda else contextlib.nullcontext()
+    loss_path = cuda_loss_path() if cuda else contextlib.nullcontext()
+    with dtensor_propagation_fix(), autocast_policy, loss_path, group:
+        return _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumulate, fake, cuda)
 
 
-def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumulate: bool, fake: bool) -> list[Tracked]:
+def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumulate: bool, fake: bool,
+                   cuda: bool) -> list[Tracked]:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     optim = config.optim
@@ -183,7 +214,7 @@ def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumu
         model.to_empty(device=CPU)
         # fused, as training on CUDA builds it (train/backend.py): no per-parameter temporaries
         optimizer = build_optimizer(model, optim.peak_lr, optim.weight_decay, (optim.beta1, optim.beta2), optim.eps,
-                                    fused=True)
+                                    fused=cuda)
         for p in model.parameters():  # AdamW's state, as after the first step
             p.grad = torch.zeros_like(p)
         optimizer.step()
@@ -258,7 +289,7 @@ def loss_bytes(config: TrainConfig, micro_batch: int) -> int:
     width = decoder_size(cfg.decoder).width
     dtype = DTYPES[plan_precision(config.parallel.precision)]
     positions = cfg.text_len if get_method(cfg.method).has_text_encoder else cfg.text_len - 1
-    with cuda_autocast_policy(), FakeTensorMode():
+    with cuda_autocast_policy(), cuda_loss_path(), FakeTensorMode():
         head = torch.nn.Linear(width, cfg.vocab_size, bias=False)
         hidden = torch.zeros(micro_batch, positions, width, dtype=dtype, requires_grad=True)
         targets = torch.ones(micro_batch, positions, dtype=torch.long)
