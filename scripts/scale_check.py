@@ -100,13 +100,39 @@ class Launch:
         self.peak_rss: dict[tuple[int, int], int] = {}  # (attempt, rank) -> VmHWM in KiB
         self.killed: dict | None = None
 
-    def run(self, kill: tuple[int, int, float] | None = None, timeout: float = 3600) -> int:
+    def run(self, kill: tuple[int, int, float] | None = None, timeout: float = 3600, reuse: bool = False) -> int:
         """Run to the end; kill = (rank, step, delay s): SIGKILL that rank `delay` seconds after it took
-        the samples of `step` (first attempt only)."""
+        the samples of `step` (first attempt only). reuse: a launch that ended well in an earlier
+        invocation (its OUT/logs/NAME.json) is taken as it was instead of run again."""
+        if reuse and self.ended_well():
+            saved = json.loads(self.record.read_text())
+            self.peak_rss = {tuple(map(int, k.split("/"))): v for k, v in saved["peak_rss"].items()}
+            self.killed = saved["killed"]
+            return 0
+        rc = self._run(kill, timeout)
+        self.record.write_text(json.dumps({"rc": rc, "killed": self.killed,
+                                           "peak_rss": {f"{a}/{r}": v for (a, r), v in self.peak_rss.items()}}))
+        return rc
+
+    @property
+    def record(self) -> Path:
+        return self.log.with_suffix(".json")
+
+    def ended_well(self) -> bool:
+        return self.record.is_file() and json.loads(self.record.read_text())["rc"] == 0
+
+    def reset(self) -> None:
+        """Remove what an earlier, unfinished launch left (its run directory and sample logs)."""
+        for path in (self.out, self.trace):
+            shutil.rmtree(path, ignore_errors=True)
+        self.trace.mkdir(parents=True)
+
+    def _run(self, kill, timeout: float) -> int:
         env = {**os.environ, "OV2_TRACE_SAMPLES": str(self.trace)}
         started = time.monotonic()
         with self.log.open("w") as log:
-            agent = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            agent = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     preexec_fn=_first_to_go)
             while agent.poll() is None:
                 workers = self._workers(agent.pid)
                 for (attempt, rank), pid in workers.items():
@@ -152,6 +178,13 @@ class Launch:
         for record in self.records(0):
             out.setdefault(record["attempt"], []).append(record["step"])
         return out
+
+
+def _first_to_go() -> None:
+    """Should memory run out, the kernel ends the check's processes (the agent and, inherited, its
+    workers) before anything else running on the machine."""
+    with open("/proc/self/oom_score_adj", "w") as f:
+        f.write("1000")
 
 
 def trace_records(trace: Path, rank: int) -> list[dict]:
@@ -289,7 +322,9 @@ def check_method(method: str, args, root: Path, report: Report, checks: set[str]
 
     ref_dir = where / "reference"
     ref = Launch(f"{method}-reference", root, 4, ref_dir, [*base, f"ckpt_every={args.steps}"], python)
-    rc = ref.run()
+    if not (args.reuse and ref.ended_well()):
+        ref.reset()
+    rc = ref.run(reuse=args.reuse)
     if not report.check(f"{method} reference", rc == 0 and _finite(ref_dir), _ended(rc, ref, ref_dir)):
         return
     describe_run(f"{method} reference (4 ranks)", ref, ref_dir, report)
@@ -304,7 +339,9 @@ def check_method(method: str, args, root: Path, report: Report, checks: set[str]
     restart_dir = where / "restart"
     restart = Launch(f"{method}-restart", root, 4, restart_dir, [*base, "ckpt_every=1"], python, max_restarts=1)
     delay = 0.3 * min(step_seconds(ref_dir).values())
-    rc = restart.run(kill=(1, KILL_STEP, delay))
+    if not (args.reuse and restart.ended_well()):
+        restart.reset()
+    rc = restart.run(kill=(1, KILL_STEP, delay), reuse=args.reuse)
     attempts, killed = restart.attempts(), restart.killed or {}
     resumed, newest = attempts.get(1, [None])[0], killed.get("newest", "")
     ok = (rc == 0 and killed and newest.startswith("step-") and resumed == int(newest.removeprefix("step-")) + 1
@@ -327,9 +364,11 @@ def check_method(method: str, args, root: Path, report: Report, checks: set[str]
     previous = restart_dir
     for ranks, from_step in ((2, 1), (3, 2)):
         leg_dir = where / f"reshard-{ranks}"
-        copy_up_to(previous, from_step, leg_dir)
         leg = Launch(f"{method}-reshard-{ranks}", root, ranks, leg_dir, ["--resume", *base, "ckpt_every=1"], python)
-        rc = leg.run()
+        if not (args.reuse and leg.ended_well()):
+            leg.reset()
+            copy_up_to(previous, from_step, leg_dir)
+        rc = leg.run(reuse=args.reuse)
         leg_steps = list(range(from_step + 1, args.steps + 1))
         if not report.check(f"{method} resume on {ranks} ranks", rc == 0 and _finite(leg_dir),
                             _ended(rc, leg, leg_dir) + f", from the checkpoint of step {from_step}"):
@@ -349,7 +388,9 @@ def check_so400m(args, root: Path, report: Report) -> None:
     out = root / "so400m"
     launch = Launch("so400m", root, 2, out, ["--preset", "l14-stage1", *size["so400m"],
                                              *run_overrides(root / "data", 1, size["so400m_batch"])], args.python)
-    rc = launch.run()
+    if not (args.reuse and launch.ended_well()):
+        launch.reset()
+    rc = launch.run(reuse=args.reuse)
     if report.check("so400m one step", rc == 0 and _finite(out), _ended(rc, launch, out)):
         describe_run("So400m (2 ranks)", launch, out, report)
 
@@ -380,13 +421,16 @@ def main(argv=None) -> int:
     parser.add_argument("--checks", default=",".join(CHECKS), help="comma list of " + ", ".join(CHECKS))
     parser.add_argument("--steps", type=int, default=3, help="steps of each run (>= 3: 4 -> 2 -> 3 ranks)")
     parser.add_argument("--batch", type=int, default=12, help="global batch, divisible by 4, 3 and 2")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep OUT and take the launches that ended well in an earlier invocation as they were "
+                             "(continue a check that was stopped); without it OUT is made fresh")
     parser.add_argument("--python", default=sys.executable)
     args = parser.parse_args(argv)
     checks = set(args.checks.split(","))
     root = Path(args.out)
-    if root.exists():
+    if root.exists() and not args.reuse:
         shutil.rmtree(root)
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     make_shards(root / "data", max(96, 2 * args.steps * args.batch), args.python)
     report = Report()
