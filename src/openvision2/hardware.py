@@ -20,18 +20,19 @@ class Accelerator:
     note: str = ""
 
 
-# `ov2 plan --gpu KIND`. Memory: an "80 GB" H100 shows 81,559 MiB to nvidia-smi and torch (79.6 GiB), an
-# H200 143,771 MiB, a B200 183,359 MiB, an H100 NVL 95,830 MiB, an A100 80 GB 81,920 MiB, an L4 23,034 MiB.
+# `ov2 plan --gpu KIND`. Memory: the total capacity torch's allocator reports (its out-of-memory message,
+# get_device_properties().total_memory), a little under nvidia-smi's figure (an "80 GB" H100 shows
+# 81,559 MiB there, 79.1 GiB to torch); the 12% allowance of plan/memory.py comes off this.
 ACCELERATORS = {a.kind: a for a in (
-    Accelerator("H100-80GB", 79.6, 989.0, 494.7, ("H100 80GB HBM3", "H100 SXM"), "H100 SXM5"),
-    Accelerator("H100-NVL", 93.6, 835.5, 417.5, ("H100 NVL",), "H100 NVL (94 GB, PCIe form factor, its own clocks)"),
-    Accelerator("H100-PCIe", 79.6, 756.0, 378.0, ("H100 PCIe",), "H100 PCIe 80 GB"),
-    Accelerator("H200", 140.4, 989.0, 494.7, ("H200",), "H200 SXM, 141 GB HBM3e"),
-    Accelerator("H800", 79.6, 989.0, 494.7, ("H800",), "H800 SXM5 (H100 compute, less NVLink bandwidth)"),
-    Accelerator("A100-40GB", 40.0, 312.0, 156.0, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"), "A100 40 GB"),
-    Accelerator("A100-80GB", 80.0, 312.0, 156.0, ("A100-SXM4-80GB", "A100 80GB"), "A100 80 GB"),
-    Accelerator("B200", 179.1, 2250.0, 1125.0, ("B200",), "B200 (HGX, 180 GB HBM3e)"),
-    Accelerator("L4", 22.5, 121.0, 60.0, ("L4",), "L4, 24 GB GDDR6"),
+    Accelerator("H100-80GB", 79.1, 989.0, 494.7, ("H100 80GB HBM3", "H100 SXM"), "H100 SXM5"),
+    Accelerator("H100-NVL", 93.1, 835.5, 417.5, ("H100 NVL",), "H100 NVL (94 GB, PCIe form factor, its own clocks)"),
+    Accelerator("H100-PCIe", 79.1, 756.0, 378.0, ("H100 PCIe",), "H100 PCIe 80 GB"),
+    Accelerator("H200", 139.8, 989.0, 494.7, ("H200",), "H200 SXM, 141 GB HBM3e"),
+    Accelerator("H800", 79.1, 989.0, 494.7, ("H800",), "H800 SXM5 (H100 compute, less NVLink bandwidth)"),
+    Accelerator("A100-40GB", 39.4, 312.0, 156.0, ("A100-SXM4-40GB", "A100-PCIE-40GB", "A100 40GB"), "A100 40 GB"),
+    Accelerator("A100-80GB", 79.2, 312.0, 156.0, ("A100-SXM4-80GB", "A100 80GB"), "A100 80 GB"),
+    Accelerator("B200", 178.4, 2250.0, 1125.0, ("B200",), "B200 (HGX, 180 GB HBM3e)"),
+    Accelerator("L4", 22.0, 121.0, 60.0, ("L4",), "L4, 24 GB GDDR6"),
     Accelerator("MI300X", 192.0, 1307.4, 653.7, ("MI300X",), "AMD Instinct MI300X, 192 GB HBM3"),
     Accelerator("TPU-v4", 32.0, 275.0, None, (), "TPU v4 chip, 32 GiB HBM (as --device-memory 32; the paper's)"),
 )}
