@@ -45,6 +45,8 @@ def test_a_user_error_inside_a_dataloader_worker_is_one_line(tmp_path, capsys):
     (tmp_path / "junk").mkdir()
     for i in range(2):
         (tmp_path / "junk" / f"junk-{i}.tar").write_bytes(b"not a tar archive" * 64)
+    # counted by a sizes.json, so the shards are found unreadable when read: inside the worker
+    (tmp_path / "junk" / "sizes.json").write_text('{"junk-0.tar": 8, "junk-1.tar": 8}')
     code = main(["train", "--out", str(tmp_path / "run"), "--steps", "2", "--no-progress", "dataset=shards",
                  f"train_shards={tmp_path}/junk/junk-{{0..1}}.tar", f"val_shards={tmp_path}/val",
                  "num_workers=1", "val_samples=4", "batch_size=4"])
@@ -59,6 +61,8 @@ def test_a_run_that_fails_with_dataloader_workers_alive_still_exits(tmp_path):
     (tmp_path / "junk").mkdir()
     for i in range(2):
         (tmp_path / "junk" / f"junk-{i}.tar").write_bytes(b"not a tar archive" * 64)
+    # counted by a sizes.json, so the shards are found unreadable when read: inside the worker
+    (tmp_path / "junk" / "sizes.json").write_text('{"junk-0.tar": 8, "junk-1.tar": 8}')
     command = [sys.executable, "-m", "openvision2.cli", "train", "--out", str(tmp_path / "run"), "--steps", "2",
                "--no-progress", "dataset=shards", f"train_shards={tmp_path}/junk/junk-{{0..1}}.tar",
                f"val_shards={tmp_path}/val", "num_workers=1", "val_samples=4", "batch_size=4"]

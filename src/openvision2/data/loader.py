@@ -54,8 +54,8 @@ def build_order(dataset: ShardDataset) -> GlobalOrder:
     for source, found in zip(dataset.sources, counts):
         if not found.sum():
             # at the start, so a wrong source rather than one that failed (exit 2, not DataSourceFailed)
-            raise UserError(f"shard source {source.shards[0]} ... holds no sample (every shard is empty or "
-                            "unreadable; the log names them): check train_shards")
+            raise UserError(f"shard source {source.shards[0]} ... gave no usable sample: every shard is empty or "
+                            "unreadable (the log names them); check train_shards")
     orders = [SourceOrder(found, dataset.seed, k, dataset.shuffle, dataset.shuffle_buffer, dataset.with_replacement)
               for k, found in enumerate(counts)]
     return GlobalOrder(orders, [s.weight for s in dataset.sources], dataset.seed)
@@ -104,8 +104,8 @@ class OrderReader:
                 return self.read(q, unseen)
             except BadSample:
                 continue
-        raise DataSourceFailed(f"{self.dead_run} positions of the shard order in a row held no usable sample "
-                               f"(from {self.dataset.sources[0].shards[0]} ...): the data source has failed; "
+        raise DataSourceFailed(f"shard source {self.dataset.sources[0].shards[0]} ... gave no usable sample in "
+                               f"{self.dead_run} positions of the order in a row: the data source has failed; "
                                "the log names the problems")
 
     def close(self) -> None:
@@ -287,11 +287,25 @@ class ShardBatches:
 
 
 def _summed_over_ranks(counts: Counter, world_size: int) -> Counter:
+    """The counters summed over the ranks, on the CPU (a gloo group beside an NCCL one): the training loop
+    takes the state before every step, and a device tensor would cost a host sync each time."""
     if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return Counter(counts)
     from .badsamples import REASONS
 
-    device = f"cuda:{torch.cuda.current_device()}" if torch.distributed.get_backend() == "nccl" else "cpu"
-    values = torch.tensor([counts.get(r, 0) for r in REASONS], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(values)
+    values = torch.tensor([counts.get(r, 0) for r in REASONS], dtype=torch.int64)
+    torch.distributed.all_reduce(values, group=_cpu_group())
     return Counter({r: int(v) for r, v in zip(REASONS, values.tolist()) if v})
+
+
+_CPU_GROUP: dict = {}  # default group -> the gloo group beside it, made once (by every rank: a collective)
+
+
+def _cpu_group():
+    if torch.distributed.get_backend() == "gloo":
+        return None  # the default group
+    world = id(torch.distributed.group.WORLD)
+    if world not in _CPU_GROUP:
+        _CPU_GROUP.clear()
+        _CPU_GROUP[world] = torch.distributed.new_group(backend="gloo")
+    return _CPU_GROUP[world]
