@@ -142,6 +142,10 @@ def _total(plans: list[dict]) -> dict:
     return out
 
 
+def size(gib: float) -> str:
+    return f"{gib:.2f} GiB" if abs(gib) >= 0.1 else f"{gib * 1024:.1f} MiB"
+
+
 def print_plan(out: dict) -> None:
     for p in out["stages"]:
         verdict = "fits" if p["fits"] else "DOES NOT FIT"
@@ -150,13 +154,18 @@ def print_plan(out: dict) -> None:
               f"({p['device_memory_gib']:g} GiB), {p['parallel']}, {p['precision']}, "
               f"checkpointing {p['activation_checkpointing']}")
         print(f"  per device: batch {p['per_device_batch']} = micro-batch {p['micro_batch']} x {p['grad_accum']} "
-              f"accumulation; peak {p['peak_gib']:.2f} GiB of {p['usable_gib']:.2f} usable: {verdict}")
-        print("  " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in p["breakdown_gib"].items()) + " GiB"
-              + f" (allowance: {1 - p['usable_fraction']:.0%} of the device, what no tracker sees)")
-        print(f"  fitted: {p['fit']['fixed_gib']:.2f} GiB + {p['fit']['per_sample_mib']:.1f} MiB per sample")
+              f"accumulation; peak {size(p['peak_gib'])} of {size(p['usable_gib'])} usable: {verdict}")
+        print("  " + ", ".join(f"{k.replace('_', ' ')} {size(v)}" for k, v in p["breakdown_gib"].items())
+              + f" (allowance: {1 - p['usable_fraction']:.0%} of the device, for what no tracker sees)")
+        print(f"  fitted: {size(p['fit']['fixed_gib'])} + {p['fit']['per_sample_mib']:.1f} MiB per sample"
+              + (" (with accumulation)" if p["fit"]["accumulating"] else ""))
         print("  largest micro-batch per checkpointing mode: " + "; ".join(
-            f"{mode} {c['micro_batch']} (x{c['grad_accum']}, {c['peak_gib']:.1f} GiB)" if c["micro_batch"] else
-            f"{mode} none fits" for mode, c in p["largest_micro_batch"].items()))
+            f"{mode} {c['micro_batch']} x {c['grad_accum']} ({size(c['peak_gib'])}; {c['largest_fitting']} fit in one pass)"
+            if c["micro_batch"] else f"{mode}: none fits" for mode, c in p["largest_micro_batch"].items()))
+        if not p["fits"]:
+            better = [m for m, c in p["largest_micro_batch"].items() if c["micro_batch"]]
+            print(f"  does not fit with checkpointing {p['activation_checkpointing']}: use "
+                  + " or ".join(f"activation_checkpointing={m}" for m in better))
         t = p["time"]
         if "step_s" in t:
             cost = f", ${t['cost']:,.0f}" if "cost" in t else ""
