@@ -71,8 +71,9 @@ class OrderReader:
         self.logged: set = set()  # the bad samples' (shard, reason) already logged by this process
         self.dead_run = min(DEAD_RUN, max(s.total for s in order.sources) * 2)
 
-    def read(self, p: int, bad: BadSampleLog) -> dict:
-        """The sample at position p; raises BadSample (with .shard and .key set)."""
+    def read(self, p: int, bad: BadSampleLog, place: int | None = None) -> dict:
+        """The sample at position p, augmented as the sample of position `place` (default p); raises
+        BadSample (with .shard and .key set)."""
         at = self.order.locate(p)
         path = self.dataset.sources[at.source].shards[at.shard]
         self.indexes.hold(self.order.sources[at.source], at.window)
@@ -86,8 +87,9 @@ class OrderReader:
             key = index.keys[at.local]
             members = {ext: self.reader.read(index, offset, size)
                        for ext, (offset, size) in index.members[at.local].items()}
-            # augmentation seeded by the position: a substitute read twice looks different each time
-            return self.dataset.to_sample(members, path, key, random.Random(f"{self.dataset.seed}/{p}"), bad)
+            # augmentation seeded by the place it fills: a substitute looks different from its own visit
+            rng = random.Random(f"{self.dataset.seed}/{p if place is None else place}")
+            return self.dataset.to_sample(members, path, key, rng, bad)
         except BadSample as err:
             err.shard, err.key = path, key
             raise
@@ -101,7 +103,7 @@ class OrderReader:
         unseen = BadSampleLog(logged=self.logged)  # the substitutes' own positions are counted by their readers
         for q in range(p + 1, p + 1 + self.dead_run):
             try:
-                return self.read(q, unseen)
+                return self.read(q, unseen, place=p)
             except BadSample:
                 continue
         raise DataSourceFailed(f"shard source {self.dataset.sources[0].shards[0]} ... gave no usable sample in "
