@@ -235,6 +235,15 @@ def test_training_goes_on_past_a_missing_and_a_dropping_shard(corpus, serve, tmp
     assert last["bad_samples/unreadable_shard"] >= 2 and last["bad_samples"] == last["bad_samples/unreadable_shard"]
 
 
+def test_the_config_sets_the_deadline_and_the_size_cap():
+    from openvision2.data.build import remote_options
+    from openvision2.data.config import DataConfig
+
+    options = remote_options(DataConfig(shard_deadline=5.0, shard_max_bytes=1000).validate())
+    assert (options.deadline, options.max_bytes) == (5.0, 1000)
+    assert (RemoteOptions().deadline, RemoteOptions().max_bytes) == (1800.0, 64 << 30)
+
+
 def test_storage_options_must_be_a_json_object():
     from openvision2.data.config import DataConfig
     from openvision2.errors import UserError

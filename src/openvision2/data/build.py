@@ -52,7 +52,8 @@ def remote_options(data: DataConfig):
     from .remote import RemoteOptions
 
     return RemoteOptions(cache_dir=data.shard_cache, read_ahead=data.shard_read_ahead, timeout=data.shard_timeout,
-                         retries=data.shard_retries, storage_options=data.storage_options())
+                         retries=data.shard_retries, deadline=data.shard_deadline, max_bytes=data.shard_max_bytes,
+                         storage_options=data.storage_options())
 
 
 def build_tokenizer(data: DataConfig, train_set) -> CaptionTokenizer:

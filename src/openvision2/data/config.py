@@ -38,6 +38,9 @@ class DataConfig:
                                       "a shuffle group holds", low=0)
     shard_timeout: float = option(60.0, "seconds without progress before a fetch try fails", low=0.0, low_open=True)
     shard_retries: int = option(3, "tries (with backoff) before a remote shard counts as unreadable_shard", low=1)
+    shard_deadline: float = option(1800.0, "seconds a whole shard may take per try (a drip-feeding server fails)",
+                                   low=0.0, low_open=True)
+    shard_max_bytes: int = option(64 << 30, "a remote shard larger than this many bytes is unreadable_shard", low=1)
     shard_storage_options: str = option("", "fsspec options as JSON, e.g. {\"anon\": true} for a public S3 bucket")
     # --- tokenizer ---
     tokenizer: str = option("wordpiece", "wordpiece (OpenVision's BERT ids, 32k head) or bpe (fitted to the "

@@ -226,6 +226,7 @@ def rewind_metrics(out_dir: Path, step: int) -> set[str]:
 RESUME_MAY_CHANGE = ("optim.steps", "run.log_every", "run.ckpt_every", "run.keep_checkpoints", "run.max_bad_steps",
                      "run.peak_tflops", "run.tensorboard", "run.init_from", "parallel.*", "data.num_workers",
                      "data.shard_cache", "data.shard_read_ahead", "data.shard_timeout", "data.shard_retries",
+                     "data.shard_deadline", "data.shard_max_bytes",
                      "data.val_shards", "data.val_samples", "eval.*", "model.eval_keep_ratio", "model.logits_chunk")
 
 
