@@ -224,17 +224,19 @@ def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumu
         # it still gets no gradient and no state, as it takes no part in the loss.
         for p in model.parameters():
             p.requires_grad_(True)
-        return [_one_step(config, wrapped, model, optimizer, parallel, dtype, b, accumulate, fake) for b in micro_batches]
+        return [_one_step(config, wrapped, model, optimizer, parallel, dtype, b, accumulate, fake and not cuda)
+                for b in micro_batches]
 
 
 def _one_step(config, wrapped, model, optimizer, parallel, dtype, micro_batch: int, accumulate: bool,
-              fake: bool) -> Tracked:
+              data_dependent: bool) -> Tracked:
     """The loop's step: per micro-batch normalise, forward under autocast, objective, backward (all
-    but the last without gradient sync); then AdamW."""
+    but the last without gradient sync); then AdamW. data_dependent: fake tensors meet the CPU loss
+    path's nonzero() (the CUDA path has none)."""
     batch = fake_batch(model, micro_batch)
     tracker = _tracker(wrapped, optimizer, parallel, batch)
     micro_batches = 2 if accumulate else 1
-    with tracker, worst_case_nonzero() if fake else contextlib.nullcontext():
+    with tracker, worst_case_nonzero() if data_dependent else contextlib.nullcontext():
         for i in range(micro_batches):
             tracker.reset_mod_stats()  # per-module statistics per forward (the peak is kept)
             with no_gradient_sync(wrapped, i < micro_batches - 1):
