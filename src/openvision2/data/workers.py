@@ -40,9 +40,14 @@ def _die_with_parent() -> None:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: the DataLoader's own watchdog ends orphans (in ~5 s)
         return
-    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+    if parent is None or os.getppid() != parent.pid:
+        # Started through a fork server (a run launched by start_processes(..., "forkserver")): the
+        # kernel's parent is the server, not the run, so the signal would follow the wrong process.
+        # The DataLoader's own watchdog ends such a worker when the run dies.
+        return
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent.pid:  # the run died between the check above and prctl taking effect
         os._exit(1)
 
 
