@@ -169,11 +169,11 @@ def print_plan(out: dict) -> None:
         t = p["time"]
         if "step_s" in t:
             cost = f", ${t['cost']:,.0f}" if "cost" in t else ""
-            print(f"  time at MFU {t['mfu']:.0%} of {t['peak_tflops']:g} TFLOP/s ({t['gflops_per_sample']:.0f} GFLOPs "
-                  f"per sample): step {t['step_s']:.2f} s, {t['images_per_s_per_device']:.0f} images/s per device; "
+            print(f"  time at MFU {t['mfu']:.0%} of {t['peak_tflops']:g} TFLOP/s ({t['gflops_per_sample']:.3g} GFLOPs "
+                  f"per sample): step {t['step_s']:.3g} s, {t['images_per_s_per_device']:.0f} images/s per device; "
                   f"{t['days']:.1f} days, {t['gpu_hours']:,.0f} GPU-hours{cost}")
         else:
-            print(f"  time: give --gpu or --peak-tflops ({t['gflops_per_sample']:.0f} GFLOPs per sample)")
+            print(f"  time: give --gpu or --peak-tflops ({t['gflops_per_sample']:.3g} GFLOPs per sample)")
         if "explain" in p:
             e = p["explain"]
             a, s = e["activation_mib_per_sample"], e["state_gib"]
