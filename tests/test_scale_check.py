@@ -93,9 +93,6 @@ def test_resume_on_2_then_3_ranks_takes_the_exact_next_samples(data, tmp_path):
     for run in ("four", "two", "three"):
         assert_finite(tmp_path / run)
     assert sorted(two) == [2, 3] and sorted(three) == [3]
-    if importlib.util.find_spec("openvision2.data.order") is None:
-        pytest.xfail("until shards have one global order for any world size (issue 23 item 1, data/order.py): "
-                     "a resume on another number of ranks starts the next epoch")
     assert two == {step: reference[step] for step in (2, 3)}
     assert three == {3: reference[3]}
 
