@@ -258,6 +258,11 @@ def step_seconds(run: Path) -> dict[int, float]:
     return out
 
 
+def drop_checkpoints(run: Path) -> None:
+    """A finished run's checkpoints, once no later check resumes from them (an L/14 one is ~6.5 GB)."""
+    shutil.rmtree(run / "checkpoints", ignore_errors=True)
+
+
 def copy_up_to(run: Path, step: int, to: Path) -> None:
     """A run directory holding `run`'s checkpoint of `step` as its newest (hard links: no copy of the
     weights), as if the run had stopped there; a resume continues from it."""
@@ -329,6 +334,7 @@ def check_method(method: str, args, root: Path, report: Report, checks: set[str]
         return
     describe_run(f"{method} reference (4 ranks)", ref, ref_dir, report)
     reference, ref_losses = ref.steps(), losses(ref_dir)
+    drop_checkpoints(ref_dir)
     all_steps = list(range(1, args.steps + 1))
     if sorted(reference) != all_steps:
         report.check(f"{method} reference samples", False, f"rank logs hold steps {sorted(reference)}")
@@ -379,7 +385,9 @@ def check_method(method: str, args, root: Path, report: Report, checks: set[str]
         got = losses(leg_dir)
         print("  losses vs the 4-rank reference: " + ", ".join(
             f"step {s}: {got[s]:.6f} vs {ref_losses[s]:.6f}" for s in leg_steps if s in got), flush=True)
+        drop_checkpoints(previous)
         previous = leg_dir
+    drop_checkpoints(previous)
 
 
 def check_so400m(args, root: Path, report: Report) -> None:
@@ -393,6 +401,7 @@ def check_so400m(args, root: Path, report: Report) -> None:
     rc = launch.run(reuse=args.reuse)
     if report.check("so400m one step", rc == 0 and _finite(out), _ended(rc, launch, out)):
         describe_run("So400m (2 ranks)", launch, out, report)
+    drop_checkpoints(out)
 
 
 def _finite(run: Path) -> bool:
