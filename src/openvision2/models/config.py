@@ -50,9 +50,10 @@ class ModelConfig:
     pre_norm: bool = option(False, "LayerNorm before the encoder blocks (for an hf-clip / LLaVA-1.5 export)")
     class_token: bool = option(True, "encoder CLS token (false for an hf-siglip export)")
     # The training loss applies the vocabulary head in chunks of tokens, never holding the full
-    # [tokens, vocab] logits (models/chunked_ce.py); the same loss and gradients.
-    logits_chunk: int = option(512, "tokens per chunk of the vocabulary head + cross-entropy; 0 = full logits",
-                               low=0)
+    # [tokens, vocab] logits (models/chunked_ce.py); the same loss and gradients. CUDA runs its own
+    # 4,096-token chunks with a compiled body (chunked_ce.loss_path).
+    logits_chunk: int = option(512, "tokens per chunk of the vocabulary head + cross-entropy on a CPU (CUDA: "
+                                    "4096); 0 = full logits", low=0)
     # --- OpenVision 1 (DESIGN.md §6) ---
     text_encoder: str = option("", "OpenVision 1's text encoder size; empty = the decoder's size")
     alt_text_len: int = option(80, "OpenVision 1's alt-text / sub-caption length, [CLS] included", low=3,
