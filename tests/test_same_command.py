@@ -53,9 +53,11 @@ def test_sigkill_and_resume_with_precision_auto_is_the_uninterrupted_run(tmp_pat
 def test_choices_are_recorded_printed_first_and_a_contradiction_is_refused(tmp_path, capsys):
     train(quick(steps=2, ckpt_every=2, precision="auto"), tmp_path, progress=False)
     first_line = capsys.readouterr().out.splitlines()[0]
-    assert first_line.startswith(f"run {tmp_path}: precision {AUTO} (asked auto), parallel none")
+    assert first_line.startswith(f"run {tmp_path}: micro-batch 8 x accumulation 1 per rank; precision {AUTO} "
+                                 f"(asked auto), parallel none")
     resolved = json.loads((tmp_path / "config.json").read_text())["resolved"]
-    assert resolved == {"precision": AUTO, "parallel": "none", "threads": 1, "world_size": 1,
+    assert resolved == {"precision": AUTO, "parallel": "none", "threads": 1, "world_size": 1, "micro_batch": 8,
+                        "grad_accum": 1, "batch_split": "micro-batch 8 x accumulation 1 per rank",
                         "tokenizer": "bpe vocab 128"}
     refused = cli_error(capsys, *train_args(quick(steps=4, ckpt_every=2, precision=OTHER), tmp_path, "--resume"))
     assert f"precision={OTHER} contradicts precision={AUTO} recorded in" in refused

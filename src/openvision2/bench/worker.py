@@ -112,6 +112,8 @@ class Worker:
         torch.manual_seed(0)
         if self.method == "coca":
             import open_clip  # noqa: F401  imported before the baseline, so its own memory is not counted
+        if self.device.type != "cuda":  # the baseline without freed heap the trial's trim would give back
+            reset_cpu_peak()
         self.baseline_rss = current_rss_bytes()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
