@@ -1,6 +1,10 @@
 """Shared fixtures: one thread for the session, and one tiny model / checkpoint / trained run that
 every test file uses instead of building its own."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -61,3 +65,23 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "--out", str(out), "--steps", "4", "--no-progress", *TINY_RUN]) == 0
     return out
+
+
+@pytest.fixture
+def serve():
+    """serve(directory, missing=[...], drop=[...], drop_once=[...], drip=[...], endless=[...]) ->
+    "http://127.0.0.1:PORT": tests/shard_server.py over the directory, misbehaving for the named shards."""
+    servers = []
+
+    def start(directory, **behaviour) -> str:
+        command = [sys.executable, str(Path(__file__).with_name("shard_server.py")), str(directory)]
+        for flag, names in behaviour.items():
+            command += [arg for name in names for arg in (f"--{flag.replace('_', '-')}", name)]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        servers.append(process)
+        return f"http://127.0.0.1:{process.stdout.readline().strip()}"
+
+    yield start
+    for process in servers:
+        process.terminate()
+        process.wait(timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -209,24 +208,6 @@ def test_gloo_ranks_resume_4_2_3_with_the_exact_next_samples(corpus, tmp_path):
         state_file.write_text(json.dumps(results[0]["state"]))
     assert keys == expected
     assert json.loads(state_file.read_text())["bad"] == dict(reference_bad)
-
-
-@pytest.fixture
-def serve():
-    import subprocess
-
-    servers = []
-
-    def start(directory, *flags) -> str:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).with_name("shard_server.py")), str(directory),
-                                    *flags], stdout=subprocess.PIPE, text=True)
-        servers.append(process)
-        return f"http://127.0.0.1:{process.stdout.readline().strip()}"
-
-    yield start
-    for process in servers:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_order_memory_does_not_grow_with_the_samples():

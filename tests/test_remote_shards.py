@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,25 +22,6 @@ from test_resume_and_faults import assert_same_run, start_child, wait_for_step
 from scaleout_helpers import tiny_config
 
 FAST = RemoteOptions(retries=2, backoff=0.01, timeout=5)
-
-
-@pytest.fixture
-def serve():
-    """serve(directory, missing=[...], drop=[...], drop_once=[...]) -> "http://127.0.0.1:PORT"."""
-    servers = []
-
-    def start(directory, **behaviour) -> str:
-        command = [sys.executable, str(Path(__file__).with_name("shard_server.py")), str(directory)]
-        for flag, names in behaviour.items():
-            command += [arg for name in names for arg in (f"--{flag.replace('_', '-')}", name)]
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        servers.append(process)
-        return f"http://127.0.0.1:{process.stdout.readline().strip()}"
-
-    yield start
-    for process in servers:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
