@@ -33,7 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataSourceFailed, UserError
-from .badsamples import BadSample, BadSampleLog
+from ..host_group import host_group
+from .badsamples import REASONS, BadSample, BadSampleLog
 from .order import GlobalOrder, SourceOrder
 from .remote import ShardCache, is_remote
 from .resumable import micro_batch_size
@@ -293,21 +294,6 @@ def _summed_over_ranks(counts: Counter, world_size: int) -> Counter:
     takes the state before every step, and a device tensor would cost a host sync each time."""
     if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return Counter(counts)
-    from .badsamples import REASONS
-
     values = torch.tensor([counts.get(r, 0) for r in REASONS], dtype=torch.int64)
-    torch.distributed.all_reduce(values, group=_cpu_group())
+    torch.distributed.all_reduce(values, group=host_group())
     return Counter({r: int(v) for r, v in zip(REASONS, values.tolist()) if v})
-
-
-_CPU_GROUP: dict = {}  # default group -> the gloo group beside it, made once (by every rank: a collective)
-
-
-def _cpu_group():
-    if torch.distributed.get_backend() == "gloo":
-        return None  # the default group
-    world = id(torch.distributed.group.WORLD)
-    if world not in _CPU_GROUP:
-        _CPU_GROUP.clear()
-        _CPU_GROUP[world] = torch.distributed.new_group(backend="gloo")
-    return _CPU_GROUP[world]

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from ..host_group import host_group
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,6 @@ class World:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
-    # Where small host-side values (token counts, stop flags) are summed: a gloo group beside NCCL, so
-    # reading the sum never waits for the GPU; None = the default group (already gloo on CPUs).
-    host_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -66,8 +64,7 @@ def init_world() -> World:
         backend, timeout = "nccl" if device.type == "cuda" else "gloo", datetime.timedelta(minutes=30)
         dist.init_process_group(backend, timeout=timeout, store=_attempt_store(world_size, timeout), rank=rank,
                                 world_size=world_size, device_id=device if device.type == "cuda" else None)
-    host_group = dist.new_group(backend="gloo") if world_size > 1 and device.type == "cuda" else None
-    return World(rank, world_size, local_rank, device, host_group)
+    return World(rank, world_size, local_rank, device)
 
 
 def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
@@ -90,7 +87,7 @@ def all_reduce_sum(tensor: torch.Tensor, world: World) -> torch.Tensor:
 def all_reduce_host(tensor: torch.Tensor, world: World) -> torch.Tensor:
     """Sum a CPU tensor over ranks on the host: its values can be read at once, with no device sync."""
     if world.distributed:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=world.host_group)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=host_group())
     return tensor
 
 
