@@ -67,6 +67,30 @@ def test_max_batch_trials_reuse_one_worker_and_an_allocation_failure_is_a_miss()
         probe.close()
 
 
+def test_bench_ranks_measures_the_fsdp2_step_on_every_gloo_rank():
+    """--ranks 2: the model wrapped with FSDP2 over 2 gloo ranks (a process each); rank 0 hands every
+    command to the other and a trial's peak is the larger rank's; the two ranks end with the worker."""
+    from openvision2.bench.runner import WorkerProcess
+
+    spec = {**TINY_SPEC, "threads": 1, "ranks": 2, "activation_checkpointing": "full"}
+    worker = WorkerProcess({**spec, "live_cpu_peak": True})
+    try:
+        answer = worker.ask({"cmd": "peak", "batch": 3})
+        assert len(answer["rank_peaks"]) == 2 and all(p > 0 for p in answer["rank_peaks"])
+        assert answer["peak_mem_bytes"] == max(answer["rank_peaks"])
+        assert len(worker.ask({"cmd": "steps", "n": 2})["times"]) == 2
+        assert worker.ask({"cmd": "report", "flops": False})["params"] > 0
+    finally:
+        worker.close()
+    assert worker.process.returncode == 0 and [p.returncode for p in worker.others] == [0]
+
+
+def test_bench_ranks_refuses_what_it_cannot_wrap(capsys):
+    assert main(["bench", *TINY, "--ranks", "2", "--methods", "coca"]) == 2
+    assert "--ranks 2" in capsys.readouterr().err
+    assert main(["bench", *TINY, "--ranks", "0"]) == 2
+
+
 TINY_SPEC = {"device": "cpu", "precision": "fp32", "warmup": 1, "threads": 0, "method": "openvision2",
              "shape": BenchShape(encoder="mu/8", decoder="mu", image_size=32, vocab_size=64, text_len=12).to_dict()}
 

@@ -64,7 +64,7 @@ def test_auto_on_a_gpu_takes_the_largest_micro_batch_that_fits_its_memory():
     from openvision2.plan.memory import measure
 
     config = tiny_config(batch_size=64)
-    accumulating = measure(config, 1, accumulate=True)
+    accumulating = measure(config, 1, accumulate=True, at=(16, 20))
     memory_gib = accumulating.peak(20) / USABLE / 2**30  # room for 20 images per forward, not 32
     split = split_batch(config, 1, memory_gib)
     assert (split.micro_batch, split.grad_accum) == (16, 4)  # 16 divides 64; 20 does not

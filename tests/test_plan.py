@@ -123,12 +123,13 @@ def test_planning_follows_cuda_autocast_for_norms_and_softmax():
 
 def test_fit_micro_batch_returns_the_largest_divisor_that_fits():
     config = tiny(parallel="none", batch_size=64)
-    fit = measure(config, 2)
+    fit = measure(config, 2, at=(32,))
     roomy = (fit.peak(32) + 2 ** 20) / USABLE / 2 ** 30
-    assert fit_micro_batch(config, 2, roomy) == (32, fit.peak(32))  # the whole per-device batch
-    tight = (fit.peak(10) + 1) / USABLE / 2 ** 30
+    assert fit_micro_batch(config, 2, roomy) == (32, fit.peak(32))  # the whole per-device batch, as measured
+    accumulating = measure(config, 2, accumulate=True, at=(8, 10))
+    tight = (accumulating.peak(10) + 1) / USABLE / 2 ** 30
     micro, peak = fit_micro_batch(config, 2, tight)
-    assert micro in (8, 4, 2, 1) and 32 % micro == 0 and peak <= USABLE * tight * 2 ** 30
+    assert micro == 8 and peak == accumulating.peak(8) <= USABLE * tight * 2 ** 30  # 10 fits, 16 not; 8 divides 32
     with pytest.raises(UserError, match="does not fit .* at micro-batch 1.*activation_checkpointing=full"):
         fit_micro_batch(config, 2, 1e-4)
     with pytest.raises(UserError, match="cannot be split over 3 GPUs"):
@@ -192,3 +193,31 @@ def test_json_fields(capsys):
 def test_the_command_imports_nothing_heavy():
     code = "import sys, openvision2.commands.plan, openvision2.hardware; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_search_measures_the_largest_micro_batch_of_a_curved_memory_curve():
+    """The step's memory bends upwards with the micro-batch (plan/memory.py), so a line through 8 and 16
+    would be wrong far away: the search measures around the capacity instead, and what it says fits does."""
+    from openvision2.plan.memory import MemoryFit, _search
+
+    def total(b):  # 63 MiB a sample up to a full loss chunk (33 captions), then 47 rising slowly (L/14 @84's shape)
+        return 2 ** 30 + (47 * b + 16 * min(b, 33) + b * b / 1000) * 2 ** 20
+
+    measured = {}
+
+    def probe(b):
+        measured.setdefault(b, {"total": total(b)})
+
+    def fit():
+        return MemoryFit(tuple(sorted(measured.items())), "none", "fsdp", 8, False)
+
+    probe(8), probe(16)
+    line = MemoryFit(tuple(sorted(measured.items())), "none", "fsdp", 8, False)
+    capacity = 0.88 * 79.1 * 2 ** 30
+    truth = max(b for b in range(1, 5000) if total(b) <= capacity)
+    assert line.largest(capacity) < 0.85 * truth  # extrapolated from 8 and 16: far too small
+    _search(probe, fit, capacity)
+    found = fit().largest(capacity)
+    assert truth * 0.99 <= found <= truth and total(found) <= capacity
+    assert len(measured) <= 2 + 6  # a few fake steps, not a sweep
+    assert fit().largest(0.5 * 2 ** 30) == 0

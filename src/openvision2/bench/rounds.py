@@ -40,7 +40,7 @@ def base_spec_of(args, device, precision: str, shape) -> dict:
     """The worker spec of `ov2 bench`'s options (bench/train_step.py) at one shape and precision."""
     return {"device": device.type, "precision": precision, "shape": shape.to_dict(), "warmup": args.warmup,
             "threads": args.threads, "activation_checkpointing": args.activation_checkpointing,
-            "compile": args.compile}
+            "compile": args.compile, "ranks": getattr(args, "ranks", 1)}
 
 
 def timed_rounds(methods: list[str], base_spec: dict, rounds: int, steps_per_round: int,

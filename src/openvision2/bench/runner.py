@@ -45,9 +45,24 @@ class WorkerProcess:
             # peak depends on history; a fixed 64 KiB threshold returns every large block at once and the
             # peak follows the live tensors, as torch.cuda.max_memory_allocated does on a GPU
             env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        self.process = subprocess.Popen([sys.executable, "-m", "openvision2.bench.worker", json.dumps(spec)],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self._read()  # {"ready": true}
+        command = [sys.executable, "-m", "openvision2.bench.worker", json.dumps(spec)]
+        ranks = spec.get("ranks", 1)
+        self.others = []  # ranks 1.. of a multi-rank worker: rank 0 speaks for them (worker.serve)
+        if ranks > 1:
+            env = {**(env or os.environ), "WORLD_SIZE": str(ranks), "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": str(free_port())}
+            self.others = [subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+                           for r in range(1, ranks)]
+            env = {**env, "RANK": "0", "LOCAL_RANK": "0"}
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        for other in self.others:  # a rank that fails leaves rank 0 in a collective: end it too
+            threading.Thread(target=self._stop_if_failed, args=(other,), daemon=True).start()
+        try:
+            self._read()  # {"ready": true}
+        except BaseException:
+            self._kill_others()
+            raise
 
     def _read(self) -> dict:
         timer = None
@@ -60,12 +75,14 @@ class WorkerProcess:
             if timer is not None:
                 timer.cancel()
         if not line:
+            self._kill_others()
             code = self.process.wait()
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 raise OutOfTime(self.method)
             raise WorkerFailed(self.method, f"worker exited with status {code} (killed for memory?)", oom=code == -9)
         answer = json.loads(line)
         if "error" in answer:
+            self._kill_others()
             self.process.wait()
             raise WorkerFailed(self.method, answer["error"], answer.get("oom", False))
         return answer
@@ -84,6 +101,30 @@ class WorkerProcess:
             except (BrokenPipeError, subprocess.TimeoutExpired):
                 self.process.kill()
                 self.process.wait()
+        for other in self.others:  # they quit with rank 0 (it hands them the quit); else they are stopped
+            try:
+                other.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self._kill_others()
+
+    def _stop_if_failed(self, other: subprocess.Popen) -> None:
+        if other.wait() != 0 and self.process.poll() is None:
+            self.process.kill()
+
+    def _kill_others(self) -> None:
+        for other in self.others:
+            if other.poll() is None:
+                other.kill()
+                other.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def measure_once(spec: dict) -> dict:

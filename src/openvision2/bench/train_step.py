@@ -80,6 +80,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-batch-tolerance", type=float, default=0.0,
                         help="stop --max-batch once the largest fit and the smallest miss are within this "
                              "fraction (0: adjacent batches)")
+    parser.add_argument("--ranks", type=int, default=1,
+                        help="CPU only: each method's model wrapped with FSDP2 over this many gloo ranks (one "
+                             "process each, --batch-size images per rank); peaks are the largest rank's")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -109,6 +112,9 @@ def resolve(args):
                         "no timing, the largest batch only)")
     if args.warmup < 0:
         raise UserError("--warmup cannot be negative")
+    if args.ranks < 1 or (args.ranks > 1 and (device != "cpu" or "coca" in methods or args.compile)):
+        raise UserError(f"--ranks {args.ranks}: at least 1, and more than 1 only on --device cpu, without coca "
+                        f"(open_clip's model is not wrapped) and without --compile")
 
     if args.preset:
         from ..train.presets import get_preset
@@ -158,7 +164,7 @@ def run(args) -> int:
     out = {"device": device.type, "device_name": device_name(device), "precision": precision,
            "precision_asked": args.precision, "shape": shape.to_dict(), "rounds": args.rounds, "steps_per_round": args.steps_per_round,
            "warmup": args.warmup, "activation_checkpointing": args.activation_checkpointing,
-           "compile": args.compile}
+           "compile": args.compile, "ranks": args.ranks}
     if args.rounds:
         peak, peak_source = measure_peak_tflops(device, precision, args.peak_tflops)
         out |= {"peak_tflops": peak, "peak_source": peak_source,

@@ -118,7 +118,13 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.model = build_model(self.method, self.shape, device=self.device).to(self.device).train()
-        if spec.get("activation_checkpointing", "none") != "none" or spec.get("compile"):
+        self.ranks = spec.get("ranks", 1)
+        if self.ranks > 1:  # FSDP2 over the gloo ranks (main), wrapped and checkpointed as `ov2 train` does
+            from ..train.parallel import parallelize
+
+            parallelize(self.model, "fsdp", activation_checkpointing=spec.get("activation_checkpointing", "none"),
+                        param_dtype=self.dtype)
+        elif spec.get("activation_checkpointing", "none") != "none" or spec.get("compile"):
             from ..train.parallel import apply_activation_checkpointing, transformer_blocks
 
             apply_activation_checkpointing(self.model, spec.get("activation_checkpointing", "none"))
@@ -126,7 +132,8 @@ class Worker:
                 for _, _, block in transformer_blocks(self.model):
                     block.compile(backend=spec.get("compile_backend", "inductor"))
         self.make_batch = make_batch
-        self.capped = bool(spec.get("mem_limit_bytes")) and self.device.type == "cpu"
+        # no cap with several ranks: a rank out of memory mid-step would leave the others in a collective
+        self.capped = bool(spec.get("mem_limit_bytes")) and self.device.type == "cpu" and self.ranks == 1
         if self.capped:
             vm = status_kib("VmSize") * 1024
             resource.setrlimit(resource.RLIMIT_AS, (vm + int(spec["mem_limit_bytes"]), resource.RLIM_INFINITY))
@@ -228,27 +235,60 @@ class Worker:
             self.release()
 
     def serve(self) -> None:
-        reply({"ready": True})
-        for line in sys.stdin:
-            command = json.loads(line)
-            if command["cmd"] == "steps":
-                reply({"times": self.timed_steps(command["n"])})
-            elif command["cmd"] == "peak":
-                reply({"peak_mem_bytes": self.peak(command["batch"])})
-            elif command["cmd"] == "report":
-                reply(self.report(command.get("flops", True)))
-            elif command["cmd"] == "quit":
+        """Answer the commands on stdin; with several ranks, rank 0 reads them and hands each to the
+        others, every rank runs it, and rank 0 answers (a peak: the largest rank's, beside each rank's)."""
+        rank = self.torch.distributed.get_rank() if self.ranks > 1 else 0
+        if rank == 0:
+            reply({"ready": True})
+        lines = iter(sys.stdin) if rank == 0 else None
+        while True:
+            command = json.loads(next(lines, '{"cmd": "quit"}')) if rank == 0 else None
+            if self.ranks > 1:
+                shared = [command]
+                self.torch.distributed.broadcast_object_list(shared, src=0)
+                command = shared[0]
+            answer = self.run(command)
+            if answer is None:
                 return
+            if rank == 0:
+                reply(answer)
+
+    def run(self, command: dict) -> dict | None:
+        if command["cmd"] == "steps":
+            return {"times": self.timed_steps(command["n"])}
+        if command["cmd"] == "peak":
+            peak = self.peak(command["batch"])
+            if self.ranks == 1:
+                return {"peak_mem_bytes": peak}
+            peaks = [None] * self.ranks
+            self.torch.distributed.all_gather_object(peaks, peak)
+            worst = None if None in peaks else max(peaks)
+            return {"peak_mem_bytes": worst, "rank_peaks": peaks}
+        if command["cmd"] == "report":
+            return self.report(command.get("flops", True))
+        return None  # quit
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    ranks = spec.get("ranks", 1)
+    if ranks > 1:  # one of the gloo ranks runner.WorkerProcess started (RANK, WORLD_SIZE, MASTER_* set)
+        import datetime
+
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
     try:
         Worker(spec).serve()
     except Exception as err:  # reported to the parent as data: an OOM is a result for --max-batch
         capped = bool(spec.get("mem_limit_bytes")) and spec.get("device") == "cpu"
         reply({"error": f"{type(err).__name__}: {err}".splitlines()[0][:500], "oom": is_oom(err, capped)})
-        sys.exit(1)
+        sys.stdout.flush()
+        os._exit(1)  # the other ranks may be waiting in a collective: nothing more to wait for
+    if ranks > 1:
+        dist.destroy_process_group()
+        sys.stdout.flush()
+        os._exit(0)  # gloo workers can abort at interpreter exit after their work is done
 
 
 if __name__ == "__main__":

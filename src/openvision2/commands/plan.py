@@ -157,10 +157,12 @@ def print_plan(out: dict) -> None:
               f"accumulation; peak {size(p['peak_gib'])} of {size(p['usable_gib'])} usable: {verdict}")
         print("  " + ", ".join(f"{k.replace('_', ' ')} {size(v)}" for k, v in p["breakdown_gib"].items())
               + f" (allowance: {1 - p['usable_fraction']:.0%} of the device, for what no tracker sees)")
-        print(f"  fitted: {size(p['fit']['fixed_gib'])} + {p['fit']['per_sample_mib']:.1f} MiB per sample"
-              + (" (with accumulation)" if p["fit"]["accumulating"] else ""))
+        print(f"  memory at this micro-batch: {size(p['fit']['fixed_gib'])} + {p['fit']['per_sample_mib']:.1f} MiB "
+              f"per sample" + (" (with accumulation)" if p["fit"]["accumulating"] else "") + "; measured at micro-batches "
+              + ", ".join(str(b) for b, _ in p["fit"]["measured"]))
         print("  largest micro-batch per checkpointing mode: " + "; ".join(
-            f"{mode} {c['micro_batch']} x {c['grad_accum']} ({size(c['peak_gib'])}; {c['largest_fitting']} fit in one pass)"
+            f"{mode} {c['micro_batch']} x {c['grad_accum']} ({size(c['peak_gib'])}; up to {c['largest_fitting']} fit"
+            + (" with accumulation)" if c["accumulating"] else " in one pass)")
             if c["micro_batch"] else f"{mode}: none fits" for mode, c in p["largest_micro_batch"].items()))
         if not p["fits"]:
             better = [m for m, c in p["largest_micro_batch"].items() if c["micro_batch"]]

@@ -179,13 +179,22 @@ def fake_batch(model, micro_batch: int) -> dict[str, torch.Tensor]:
 def tracked_steps(config: TrainConfig, world_size: int, micro_batches: tuple[int, ...],
                   checkpointing: str | None = None, accumulate: bool = False, fake: bool = True,
                   cuda: bool = True) -> list[Tracked]:
-    """Per-device memory of one steady-state training step at each micro-batch, as the config trains
-    (its parallel strategy at world_size, its precision, its checkpointing unless one is given), on
-    one model built once. accumulate: the step runs two micro-batches, the first without gradient
-    sync, as the loop does with grad_accum >= 2 (the gradients of the first are held through the
-    second). fake=False runs the same steps on real tensors (what the tests compare with). cuda=False
-    plans the step as it runs on a CPU instead (CPU autocast policy, unfused AdamW), to compare with
-    what `ov2 bench` measures here."""
+    """Per-device memory of one steady-state training step at each micro-batch (fake_steps)."""
+    with fake_steps(config, world_size, checkpointing, accumulate, fake, cuda) as step:
+        return [step(b) for b in micro_batches]
+
+
+@contextlib.contextmanager
+def fake_steps(config: TrainConfig, world_size: int, checkpointing: str | None = None, accumulate: bool = False,
+               fake: bool = True, cuda: bool = True):
+    """A function micro_batch -> Tracked: the per-device memory of one steady-state training step, as
+    the config trains (its parallel strategy at world_size, its precision, its checkpointing unless one
+    is given), on one model built once for every call. A step's time hardly depends on its micro-batch
+    (no data is computed), so any micro-batch can be tried. accumulate: the step runs two micro-batches,
+    the first without gradient sync, as the loop does with grad_accum >= 2 (the gradients of the first
+    are held through the second). fake=False runs the same steps on real tensors (what the tests compare
+    with). cuda=False plans the step as it runs on a CPU instead (CPU autocast policy, unfused AdamW),
+    to compare with what `ov2 bench` measures here."""
     parallel = resolve_parallel(config.parallel.strategy, world_size)
     checkpointing = checkpointing or config.parallel.activation_checkpointing
     dtype = DTYPES[plan_precision(config.parallel.precision)]
@@ -193,11 +202,10 @@ def tracked_steps(config: TrainConfig, world_size: int, micro_batches: tuple[int
     autocast_policy = cuda_autocast_policy() if cuda else contextlib.nullcontext()
     loss_path = cuda_loss_path() if cuda else contextlib.nullcontext()
     with dtensor_propagation_fix(), autocast_policy, loss_path, group:
-        return _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumulate, fake, cuda)
+        yield _built_step(config, parallel, dtype, checkpointing, accumulate, fake, cuda)
 
 
-def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumulate: bool, fake: bool,
-                   cuda: bool) -> list[Tracked]:
+def _built_step(config, parallel, dtype, checkpointing, accumulate: bool, fake: bool, cuda: bool):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     optim = config.optim
@@ -224,8 +232,13 @@ def _tracked_steps(config, parallel, dtype, micro_batches, checkpointing, accumu
         # it still gets no gradient and no state, as it takes no part in the loss.
         for p in model.parameters():
             p.requires_grad_(True)
-        return [_one_step(config, wrapped, model, optimizer, parallel, dtype, b, accumulate, fake and not cuda)
-                for b in micro_batches]
+
+    def step(micro_batch: int) -> Tracked:
+        with tensors:
+            return _one_step(config, wrapped, model, optimizer, parallel, dtype, micro_batch, accumulate,
+                             fake and not cuda)
+
+    return step
 
 
 def _one_step(config, wrapped, model, optimizer, parallel, dtype, micro_batch: int, accumulate: bool,
@@ -253,14 +266,32 @@ def _tracker(wrapped, optimizer, parallel: str, batch: dict):
     if parallel == "fsdp":
         from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 
-        tracker = FSDPMemTracker(mod=wrapped, optm=optimizer)
+        tracker = _global_peak_only(FSDPMemTracker)(mod=wrapped, optm=optimizer)
         tracker.track_inputs(tuple(batch.values()))
         return tracker
     from torch.distributed._tools.mem_tracker import MemTracker
 
-    tracker = MemTracker()
+    tracker = _global_peak_only(MemTracker)()
     tracker.track_external(wrapped, optimizer, *batch.values())
     return tracker
+
+
+def _global_peak_only(tracker_class):
+    """The tracker without its per-module peaks, which the plan never reads: after every op torch's
+    tracker walks every module it has seen (and, through weak references, each checkpoint wrapper's
+    __getattr__), which was ~40% of a large model's planning time. The device's peak snapshot is kept
+    exactly as torch keeps it (tests/test_plan.py: fake = real)."""
+    if not hasattr(tracker_class, "_update_peak_stats"):  # another torch: its own, slower bookkeeping
+        return tracker_class
+
+    class GlobalPeakOnly(tracker_class):
+        def _update_peak_stats(self, peak_state) -> None:
+            for device, snapshot in self._curr_mem_snap.items():
+                if self._peak_mem.get(device, 0) < snapshot["Total"]:
+                    self._peak_mem[device] = snapshot["Total"]
+                    self._peak_mem_snap[device] = dict(snapshot)
+
+    return GlobalPeakOnly
 
 
 def _breakdown(snapshot: dict) -> Tracked:

@@ -9,6 +9,8 @@ an assumption the user states (--mfu); nothing here measures it.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import UserError
@@ -27,6 +29,17 @@ class Device:
     kind: str  # a table entry's name, or "custom"
     memory_gib: float
     peak_tflops: float | None  # dense, in the run's precision; None: no timing
+
+
+def choose_per_mode(config: TrainConfig, gpus: int, capacity: float, modes: list[str]) -> dict:
+    """choose() for each checkpointing mode; with more than one core, the modes at once, each in a
+    process of its own (a fake step is one busy Python thread: the modes share nothing)."""
+    jobs = min(len(modes), os.cpu_count() or 1)
+    if jobs < 2:
+        return {mode: choose(config, gpus, capacity, mode) for mode in modes}
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {mode: pool.submit(choose, config, gpus, capacity, mode, True) for mode in modes}
+        return {mode: future.result() for mode, future in futures.items()}
 
 
 def given_micro_batch(config: TrainConfig, per_device: int) -> int | None:
@@ -48,13 +61,15 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
     per_device = split_per_device(config.optim.batch_size, gpus)
     capacity = USABLE * device.memory_gib * GIB
     own_mode = checkpointing or config.parallel.activation_checkpointing
-    choices = {mode: choose(config, gpus, capacity, mode) for mode in dict.fromkeys([own_mode, *modes])}
+    choices = choose_per_mode(config, gpus, capacity, list(dict.fromkeys([own_mode, *modes])))
     own = choices[own_mode]
     if not any(c.micro_batch for c in choices.values()):
         raise UserError(no_fit_message(config, device.memory_gib, own, every_mode=True))
     given = given_micro_batch(config, per_device)
     if given:  # the config fixes the micro-batch: plan that one
-        fit = own.fit if (given < per_device) == own.fit.accumulate else measure(config, gpus, own_mode, given < per_device)
+        fit = own.fit
+        if (given < per_device) != fit.accumulate or fit.measured(given) is None:
+            fit = measure(config, gpus, own_mode, given < per_device, at=(given,))
         own = Choice(given, per_device // given, fit.peak(given), fit)
     shown = own if own.micro_batch else Choice(1, per_device, own.peak_bytes, own.fit)
     saving = _adam_saving(shown, adam_first_moment_bf16)
@@ -69,11 +84,8 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
         "peak_gib": (shown.peak_bytes - saving) / GIB,
         "fits": bool(own.micro_batch) and shown.peak_bytes - saving <= capacity,
         "breakdown_gib": breakdown(config, shown, device, saving),
-        "fit": {"fixed_gib": (shown.fit.fixed - saving) / GIB, "per_sample_mib": shown.fit.per_sample / 2 ** 20,
-                "accumulating": shown.fit.accumulate, "fitted": [[b, t / GIB] for b, t in shown.fit.fitted]},
-        "largest_micro_batch": {mode: {"micro_batch": c.micro_batch, "grad_accum": c.grad_accum,
-                                       "peak_gib": (c.peak_bytes - _adam_saving(c, adam_first_moment_bf16)) / GIB,
-                                       "largest_fitting": c.fit.largest(capacity + _adam_saving(c, adam_first_moment_bf16))}
+        "fit": _fit_json(shown.fit, shown.micro_batch, saving),
+        "largest_micro_batch": {mode: _mode_plan(c, capacity, _adam_saving(c, adam_first_moment_bf16))
                                 for mode, c in choices.items() if mode in modes},
     }
     out["time"] = timing(config, per_device, own_mode, device, mfu, gpus, price_per_gpu_hour)
@@ -82,16 +94,32 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
     return out
 
 
+def _mode_plan(choice: Choice, capacity: float, saving: float) -> dict:
+    """One checkpointing mode: its choice for this stage, the largest micro-batch that fits, and the
+    fit itself (fixed + per-sample, so the largest micro-batch on another device follows without a rerun)."""
+    largest = choice.fit.largest(capacity + saving)
+    return {"micro_batch": choice.micro_batch, "grad_accum": choice.grad_accum,
+            "peak_gib": (choice.peak_bytes - saving) / GIB, "largest_fitting": largest,
+            **_fit_json(choice.fit, largest, saving)}
+
+
+def _fit_json(fit, micro_batch: int, saving: float) -> dict:
+    """The linear piece of the memory curve at micro_batch (fixed GiB + MiB per sample) and the measured points."""
+    fixed, per_sample = fit.line(max(micro_batch, 1))
+    return {"fixed_gib": (fixed - saving) / GIB, "per_sample_mib": per_sample / 2 ** 20, "accumulating": fit.accumulate,
+            "measured": [[b, (parts["total"] - saving) / GIB] for b, parts in fit.points]}
+
+
 def _adam_saving(choice: Choice, enabled: bool) -> float:
     """Adam's first moment in bf16 instead of fp32 (the release's mu_dtype): a quarter of the state less."""
-    return choice.fit.parts.get("optimizer", 0) / 4 if enabled else 0.0
+    return choice.fit.parts(choice.micro_batch).get("optimizer", 0) / 4 if enabled else 0.0
 
 
 def breakdown(config: TrainConfig, choice: Choice, device: Device, saving: float) -> dict:
     """GiB per device at the chosen micro-batch: parameters, gradients, optimizer state, activations
     (what the step keeps for backward and its temporaries, the loss apart), loss temporaries, inputs,
     DDP buckets, and the allowance (the share of the device no tracker sees)."""
-    parts = choice.fit.parts
+    parts = choice.fit.parts(choice.micro_batch)
     fixed = {k: parts.get(k, 0) for k in ("parameters", "gradients", "optimizer", "inputs", "ddp_buckets")}
     fixed["optimizer"] -= saving
     loss = loss_bytes(config, choice.micro_batch)
@@ -132,11 +160,12 @@ def cross_check(config: TrainConfig, choice: Choice, gpus: int) -> dict:
     per_sample = analytic.activation_bytes_per_sample(model, choice.fit.checkpointing, element)
     params = count_flops(model).total_params
     state = analytic.state_bytes(params, gpus, choice.fit.parallel == "fsdp")
-    tracked_state = sum(choice.fit.parts.get(k, 0) for k in ("parameters", "gradients", "optimizer"))
+    tracked_state = sum(choice.fit.parts(choice.micro_batch).get(k, 0) for k in ("parameters", "gradients", "optimizer"))
+    per_sample_tracked = choice.fit.line(max(choice.micro_batch, 1))[1]
     analytic_sample = sum(per_sample.values())
     return {
-        "activation_mib_per_sample": {"analytic": analytic_sample / 2 ** 20, "tracked": choice.fit.per_sample / 2 ** 20,
-                                      "difference": choice.fit.per_sample / max(analytic_sample, 1) - 1,
+        "activation_mib_per_sample": {"analytic": analytic_sample / 2 ** 20, "tracked": per_sample_tracked / 2 ** 20,
+                                      "difference": per_sample_tracked / max(analytic_sample, 1) - 1,
                                       "per_stack": {k: v / 2 ** 20 for k, v in per_sample.items()}},
         "state_gib": {"analytic": sum(state.values()) / GIB, "tracked": tracked_state / GIB,
                       "difference": tracked_state / max(sum(state.values()), 1) - 1,

@@ -84,7 +84,7 @@ def split_batch(config: TrainConfig, world_size: int, device_memory_gib: float |
     if micro is None:
         micro, peak = fit_micro_batch(config, world_size, device_memory_gib)
     else:
-        peak = measure(config, world_size, accumulate=share > micro).peak(micro)
+        peak = measure(config, world_size, accumulate=share > micro, at=(micro,)).peak(micro)
     return BatchSplit(micro, share // micro, peak)
 
 
