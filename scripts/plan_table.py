@@ -58,7 +58,7 @@ def plan_one(out: Path, encoder: str, size: int, method: str, gpus: int) -> tupl
 
 
 def render(out: Path) -> str:
-    head = ["encoder", "px", "method"] + [f"{gpu}: {mode}" for gpu in GPUS for mode in MODES] + ["plan (s)"]
+    head = ["encoder", "px", "method"] + [f"{gpu}: {mode}" for gpu in GPUS for mode in MODES]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for encoder in PUBLISHED_ENCODERS:
         for size in SIZES:
@@ -66,11 +66,11 @@ def render(out: Path) -> str:
                 path = out / f"{name_of(encoder, size, method)}.json"
                 label = [encoder, str(size), "OV2" if method == "openvision2" else "OV1"]
                 if not path.exists():
-                    lines.append("| " + " | ".join(label + ["not computed"] * len(GPUS) * len(MODES) + [""]) + " |")
+                    lines.append("| " + " | ".join(label + ["not computed"] * len(GPUS) * len(MODES)) + " |")
                     continue
                 row = json.loads(path.read_text())
                 cells = [f"{row['modes'][m]['largest'][gpu]:,}" for gpu in GPUS for m in MODES]
-                lines.append("| " + " | ".join(label + cells + [f"{row['plan_seconds']:.0f}"]) + " |")
+                lines.append("| " + " | ".join(label + cells) + " |")
     return "\n".join(lines)
 
 

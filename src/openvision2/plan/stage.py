@@ -95,8 +95,8 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
 
 
 def _mode_plan(choice: Choice, capacity: float, saving: float) -> dict:
-    """One checkpointing mode: its choice for this stage, the largest micro-batch that fits, and the
-    fit itself (fixed + per-sample, so the largest micro-batch on another device follows without a rerun)."""
+    """One checkpointing mode: its choice for this stage, the largest micro-batch that fits (in one pass,
+    or with accumulation when the stage needs it), the memory curve's piece there and its measured points."""
     largest = choice.fit.largest(capacity + saving)
     return {"micro_batch": choice.micro_batch, "grad_accum": choice.grad_accum,
             "peak_gib": (choice.peak_bytes - saving) / GIB, "largest_fitting": largest,
