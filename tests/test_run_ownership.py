@@ -158,6 +158,26 @@ def test_a_resume_drops_the_records_of_the_steps_it_does_again(tmp_path):
     assert [json.loads(line) for line in metrics.read_text().splitlines()] == records[:1]
 
 
+def test_a_resume_drops_the_tensorboard_events_of_the_steps_it_does_again(tmp_path):
+    """TensorBoard shows each step once after a resume: the first session's events after the resumed
+    step are purged (SummaryWriter's purge_step), as metrics.jsonl's records are."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from openvision2.train.metrics import MetricsLog
+
+    first = MetricsLog(tmp_path, tensorboard=True)
+    for step in range(1, 5):
+        first.write({"step": step, "loss": float(step)})
+    first.close()
+    again = MetricsLog(tmp_path, tensorboard=True, resumed_at=2)  # the run resumed from step 2's checkpoint
+    for step in (3, 4):
+        again.write({"step": step, "loss": 10.0 * step})
+    again.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+
+
 # --- 19, 20. sizes and seeds within bounds, in one line ---
 
 @pytest.mark.parametrize("override, message", [

@@ -258,7 +258,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
             recorded_at_start = rundir.rewind_metrics(out_dir, start_step)
         durable.write_durably(out_dir / "config.json", json.dumps({**config.to_dict(), "resolved": resolved},
                                                                   indent=2) + "\n")
-        metrics = MetricsLog(out_dir, run.tensorboard, config.to_dict())
+        metrics = MetricsLog(out_dir, run.tensorboard, config.to_dict(), start_step if resume else None)
     params = sum(p.numel() for p in model.parameters())
     where = f"{device}" if world.world_size == 1 else f"{world.world_size} x {device.type} ({parallel})"
     log(f"model {model_config.encoder} + decoder {model_config.decoder}: {params / 1e6:.2f}M "

@@ -42,13 +42,17 @@ class MetricsLog:
     """Appends records to metrics.jsonl and, if asked, to TensorBoard (and W&B when WANDB_PROJECT is set
     and wandb is installed). Only rank 0 creates one."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True, config: dict | None = None):
+    def __init__(self, out_dir: Path, tensorboard: bool = True, config: dict | None = None,
+                 resumed_at: int | None = None):
+        """resumed_at: the step a resume continues from; TensorBoard then drops the events the earlier
+        session wrote for the steps after it (they are done again), as metrics.jsonl drops them."""
         self.file = (out_dir / "metrics.jsonl").open("a")
         self.tb = self.wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+            purge = None if resumed_at is None else resumed_at + 1
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
         import os
 
         if os.environ.get("WANDB_PROJECT"):
