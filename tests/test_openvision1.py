@@ -126,6 +126,35 @@ def test_collate_emits_alt_text_and_one_caption_sentence():
         CaptionCollate(tok, 20, extra_fields=("nope",))
 
 
+def test_a_samples_sentence_is_drawn_with_its_own_rng():
+    """The sub-caption is part of the sample, drawn with the sample's rng (shards) or its index
+    (the synthetic set), not with a worker's global random: a resume on another worker count, which
+    reproduces each sample, reproduces it too; the collate uses it."""
+    import random
+
+    from openvision2.data.augment import EvalResize
+    from openvision2.data.shards import ShardDataset
+    from openvision2.data.badsamples import BadSampleLog
+    from shard_fixtures import image_bytes
+
+    text = "a red circle at the top. two blue squares! a cross."
+    shards = ShardDataset.__new__(ShardDataset)  # to_sample alone: no shards to open
+    shards.caption_key, shards.alt_caption_key, shards.with_meta = "txt", None, False
+    shards.transform = EvalResize(8)
+    make = lambda seed: shards.to_sample({"jpg": image_bytes(1), "txt": text.encode()}, "s", "k", random.Random(seed),
+                                         BadSampleLog())
+    drawn = [make(f"5/{position}")["sub_caption"] for position in range(40)]
+    assert drawn == [make(f"5/{position}")["sub_caption"] for position in range(40)]
+    assert set(drawn) == {"a red circle at the top", "two blue squares", "a cross"}
+    synthetic = SyntheticCaptions(8, image_size=16)
+    assert [synthetic[i]["sub_caption"] for i in range(8)] == [SyntheticCaptions(8, image_size=16)[i]["sub_caption"]
+                                                                for i in range(8)]
+    tok = CaptionTokenizer.train_bpe(SyntheticCaptions(200).captions(), 128)
+    samples = [synthetic[i] for i in range(4)]
+    batch = CaptionCollate(tok, 20, extra_fields=("sub_captions",), alt_text_len=10)(samples)
+    assert torch.equal(batch["sub_captions"], tok.encode([s["sub_caption"] for s in samples], 10))
+
+
 def test_sub_caption_splits_on_full_stops_and_exclamation_marks():
     import random
 

@@ -3,9 +3,6 @@ resumable training stream, the held-out batch."""
 
 from __future__ import annotations
 
-import random
-import re
-
 import torch
 from torch.utils.data import Dataset
 
@@ -13,6 +10,7 @@ from ..errors import UserError
 from ..tokenizer import CaptionTokenizer
 from .config import DATASETS, DataConfig
 from .resumable import ResumableBatches, micro_batch_size  # noqa: F401  (micro_batch_size: for the loop)
+from .sentences import sub_caption
 from .synthetic import SyntheticCaptions
 
 
@@ -83,19 +81,13 @@ def train_batches(data: DataConfig, dataset: Dataset, collate, *, batch_size: in
 EXTRA_FIELDS = ("alt_captions", "sub_captions")
 
 
-def sub_caption(caption: str, rng=random) -> str:
-    """One sentence of a long caption, chosen uniformly (split on '.' and '!', as OpenVision 1 /
-    CLIPS do, DESIGN.md §6); the whole caption if it has a single sentence."""
-    pieces = [p.strip() for p in re.split(r"[.!]", caption) if p.strip()]
-    return rng.choice(pieces) if pieces else caption
-
-
 class CaptionCollate:
     """Stacks uint8 images and turns captions into [B, text_len] token sequences (DESIGN.md §3.2).
 
     extra_fields adds what a method needs beside the long caption (a model lists them in its
     `batch_fields`): "alt_captions" (the alt-text) and "sub_captions" (one random sentence of the
-    caption, drawn with Python's `random`, which DataLoader seeds per worker), each [B, alt_text_len].
+    caption: the sample's "sub_caption", which the datasets draw with the sample's own rng; for a
+    dataset without one, drawn here with Python's `random`), each [B, alt_text_len].
     """
 
     def __init__(self, tokenizer: CaptionTokenizer, text_len: int, extra_fields: tuple[str, ...] = (),
@@ -113,8 +105,8 @@ class CaptionCollate:
         if "alt_captions" in self.extra_fields:
             batch["alt_captions"] = self.tokenizer.encode([s["alt_text"] for s in samples], self.alt_text_len)
         if "sub_captions" in self.extra_fields:
-            batch["sub_captions"] = self.tokenizer.encode([sub_caption(s["caption"]) for s in samples],
-                                                          self.alt_text_len)
+            sentences = [s["sub_caption"] if "sub_caption" in s else sub_caption(s["caption"]) for s in samples]
+            batch["sub_captions"] = self.tokenizer.encode(sentences, self.alt_text_len)
         return batch
 
 

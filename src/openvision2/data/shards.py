@@ -38,6 +38,7 @@ from ..errors import DataSourceFailed, UserError
 from .badsamples import BadSample, BadSampleLog
 from .remote import RemoteOptions, ShardCache, is_remote, sizes_beside
 from .tarindex import MAX_INFLATED_BYTES, ShardIndex, ShardReader, UnreadableShard, index_shard
+from .sentences import sub_caption
 from .writer import SIZES_FILE
 
 log = logging.getLogger("openvision2.data")
@@ -458,7 +459,8 @@ class ShardDataset:
                 raise BadSample(reason, f"alt-text {self.alt_caption_key!r}: {err}") from None
         meta = json_meta(members) if self.with_meta else None
         image = self.transform(members[image_ext], rng)
-        sample = {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard}
+        sample = {"image": image, "caption": caption, "alt_text": alt_text, "key": key, "shard": shard,
+                  "sub_caption": sub_caption(caption, rng)}  # after the image: its augmentation is as before
         if meta is not None:
             sample["meta"] = meta
         return sample

@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw
 
 from openvision2.errors import UserError
 
+from .sentences import sub_caption
+
 SHAPES = ("circle", "square", "triangle", "cross", "diamond")
 COLOURS = ("red", "green", "blue", "yellow", "purple", "white")
 SIZES = ("small", "large")
@@ -173,7 +175,9 @@ class SyntheticCaptions(torch.utils.data.Dataset):
         scene = make_scene(i, self.split, self.seed)
         pixels = np.asarray(render(scene, self.image_size))
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # [3, H, W] uint8
-        return {"image": image, "caption": describe(scene), "alt_text": alt_text(scene)}
+        caption = describe(scene)
+        sentence = sub_caption(caption, random.Random(f"{self.seed}/{self.split}/{i}/sentence"))
+        return {"image": image, "caption": caption, "alt_text": alt_text(scene), "sub_caption": sentence}
 
     def captions(self) -> list[str]:
         """All long captions without rendering any image (e.g. to train a tokenizer)."""
