@@ -59,8 +59,11 @@ class FailingAt:
                 raise DataSourceFailed("shard source 0 (http://data/...) gave no usable sample in a whole pass")
             yield batch
 
-    def state_dict(self) -> dict:
-        return self.batches.state_dict()
+    def snapshot(self) -> dict:
+        return self.batches.snapshot()
+
+    def state_dict(self, snapshot: dict | None = None) -> dict:
+        return self.batches.state_dict(snapshot)
 
     def load_state_dict(self, state: dict) -> None:
         self.batches.load_state_dict(state)

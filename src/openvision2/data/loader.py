@@ -244,12 +244,18 @@ class ShardBatches:
         self._cache.want("order", current, upcoming[:read_ahead] if read_ahead else upcoming)
 
     # ----------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict:
-        """The position in the global order and the run's bad-sample counters: the same on every rank.
-        Under torch.distributed the counters are summed over the ranks, so every rank must call it (the
-        training loop's save does)."""
-        bad = self.base + _summed_over_ranks(self.local, self.world_size)
-        return {"version": STATE_VERSION, "position": self.position, "micro": self.delivered,
+    def snapshot(self) -> dict:
+        """Where the stream is now, and this rank's counters: local, no collective (the loop takes one
+        before every step; state_dict(snapshot) is the saved state of that point)."""
+        return {"position": self.position, "micro": self.delivered, "local": Counter(self.local)}
+
+    def state_dict(self, snapshot: dict | None = None) -> dict:
+        """The position in the global order and the run's bad-sample counters (now, or at a snapshot):
+        the same on every rank. Under torch.distributed the counters are summed over the ranks, so every
+        rank must call it (the training loop's save does)."""
+        at = snapshot or self.snapshot()
+        bad = self.base + _summed_over_ranks(at["local"], self.world_size)
+        return {"version": STATE_VERSION, "position": at["position"], "micro": at["micro"],
                 "global_batch": self.global_batch, "seed": self.dataset.seed,
                 "samples": [s.total for s in self.order.sources], "bad": dict(sorted(bad.items()))}
 

@@ -47,9 +47,13 @@ class ResumableBatches:
         self.position = 0  # global batches fully handed out to the caller
         self._delivered = 0  # micro-batches of the current global batch handed out
 
-    def state_dict(self) -> dict:
-        return {"position": self.position, "micro": self._delivered, "seed": self.seed,
-                "global_batch": self.global_batch, "num_samples": len(self.dataset)}
+    def snapshot(self) -> dict:
+        """The state now (ShardBatches' interface: there it avoids a collective per step)."""
+        return self.state_dict()
+
+    def state_dict(self, snapshot: dict | None = None) -> dict:
+        return dict(snapshot) if snapshot else {"position": self.position, "micro": self._delivered, "seed": self.seed,
+                                                "global_batch": self.global_batch, "num_samples": len(self.dataset)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("num_samples", len(self.dataset)) != len(self.dataset) or \

@@ -294,7 +294,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
         for step in bar:
             # --- the step's micro-batches, and the global token count that normalises the loss ---
             started = time.perf_counter()
-            position = batches.state_dict()  # the data before this step: saved if the data source fails
+            position = batches.snapshot()  # the data before this step: saved if the data source fails
             try:
                 micro = [next(stream) for _ in range(accum)]
             except DataSourceFailed as err:
@@ -307,7 +307,7 @@ def _train(config: TrainConfig, out_dir: Path, world: World, progress: bool, res
             global_tokens, stop, data_failed = all_reduce_host(local, world).tolist()
             if data_failed:  # on any rank: every rank saves the step before and stops
                 if step - 1 > start_step:
-                    save(step - 1, position)
+                    save(step - 1, batches.state_dict(position))
                 break
             token_scale = world.world_size / max(global_tokens, 1.0)
 
