@@ -221,3 +221,27 @@ def test_the_search_measures_the_largest_micro_batch_of_a_curved_memory_curve():
     assert truth * 0.99 <= found <= truth and total(found) <= capacity
     assert len(measured) <= 2 + 6  # a few fake steps, not a sweep
     assert fit().largest(0.5 * 2 ** 30) == 0
+
+
+def test_a_chosen_micro_batch_that_interpolation_overpromised_is_measured_and_stepped_down(monkeypatch):
+    """What a run would choose is measured; if the estimate promised too much (a curve that bends up,
+    searched with no probes here), the next smaller divisor is measured and chosen instead."""
+    import contextlib
+
+    from openvision2.plan import fake, memory
+    from openvision2.plan.fake import Tracked
+
+    def total(b):  # MiB: 10 a sample at first, 30 a sample by 64
+        return int((1024 + 10 * b + b * b / 6.4) * 2 ** 20)
+
+    @contextlib.contextmanager
+    def curve(*args, **kwargs):
+        yield lambda b: Tracked(0, 0, 0, total(b), 0, total(b))
+
+    monkeypatch.setattr(fake, "fake_steps", curve)
+    monkeypatch.setattr(memory, "SEARCH_PROBES", 0)
+    capacity = total(50) + 1  # the truth: 50 fit
+    fit = memory.measure_here(tiny(parallel="none"), 1, "none", True, (capacity,), (), 128)
+    assert fit.measured(64) > capacity  # the line through 8 and 16 promised 66: 64 was tried
+    assert fit.measured(32) <= capacity and fit.largest(capacity) < 64
+    assert memory.micro_batch_for(128, min(fit.largest(capacity), 64)) == 32

@@ -279,7 +279,7 @@ def _tracker(wrapped, optimizer, parallel: str, batch: dict):
 def _global_peak_only(tracker_class):
     """The tracker without its per-module peaks, which the plan never reads: after every op torch's
     tracker walks every module it has seen (and, through weak references, each checkpoint wrapper's
-    __getattr__), which was ~40% of a large model's planning time. The device's peak snapshot is kept
+    __getattr__), ~45% of a large model's planning time. The device's peak snapshot is kept
     exactly as torch keeps it (tests/test_plan.py: fake = real)."""
     if not hasattr(tracker_class, "_update_peak_stats"):  # another torch: its own, slower bookkeeping
         return tracker_class

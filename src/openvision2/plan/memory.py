@@ -7,8 +7,9 @@ with selective checkpointing: 63 MiB per sample between micro-batches 8 and 16, 
 47-49 from 132 to 1,056. A line through 8 and 16 would put the largest micro-batch on an H100 ~25% too
 low, so the fit is not extrapolated: a fake step costs the same seconds at any micro-batch, and the
 micro-batches that decide something (the per-device batch, the largest that fits, the one chosen) are
-measured. Between measured micro-batches the peak is interpolated linearly (the chord of a curve that
-bends upwards: at or above it, so what is said to fit does).
+measured. Between measured micro-batches the peak is interpolated linearly; the micro-batch a run
+would choose is itself measured (and, if it does not fit after all, the next smaller one), so a choice's
+expected peak is never an interpolation.
 
 What no tracker sees (the CUDA context, cuBLAS / NCCL workspaces, the caching allocator's
 fragmentation) is a stated allowance: a step fits when its tracked peak is at most USABLE of the
@@ -149,7 +150,12 @@ def measure_here(config: TrainConfig, world_size: int, checkpointing: str, accum
             _search(probe, fit, capacity)
         if divisor_of and capacities:
             limit = divisor_of // 2 if accumulate else divisor_of
-            probe(micro_batch_for(divisor_of, min(fit().largest(capacities[0]), limit)))
+            micro = micro_batch_for(divisor_of, min(fit().largest(capacities[0]), limit))
+            while micro:  # interpolation may have promised too much: the next divisor down, measured
+                probe(micro)
+                if measured[micro]["total"] <= capacities[0]:
+                    break
+                micro = micro_batch_for(divisor_of, micro - 1)
         return fit()
 
 
