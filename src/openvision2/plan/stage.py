@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..methods import count_flops, get_method
 from ..train.config import TrainConfig
-from ..train.parallel import ACTIVATION_CHECKPOINTING
+from ..train.parallel import ACTIVATION_CHECKPOINTING, resolve_parallel
 from . import analytic
 from .fake import loss_bytes, model_config, plan_precision
 from .memory import GIB, USABLE, Choice, choose, measure, no_fit_message, split_per_device
@@ -61,7 +61,10 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
     per_device = split_per_device(config.optim.batch_size, gpus)
     capacity = USABLE * device.memory_gib * GIB
     own_mode = checkpointing or config.parallel.activation_checkpointing
-    choices = choose_per_mode(config, gpus, capacity, list(dict.fromkeys([own_mode, *modes])))
+    # the tracked run holds both AdamW moments in fp32: with the release's bf16 first moment, the
+    # tracked peak may exceed the capacity by what that saves
+    searched = capacity + (_first_moment_saving(config, gpus) if adam_first_moment_bf16 else 0)
+    choices = choose_per_mode(config, gpus, searched, list(dict.fromkeys([own_mode, *modes])))
     own = choices[own_mode]
     if not any(c.micro_batch for c in choices.values()):
         raise UserError(no_fit_message(config, device.memory_gib, own, every_mode=True))
@@ -108,6 +111,13 @@ def _fit_json(fit, micro_batch: int, saving: float) -> dict:
     fixed, per_sample = fit.line(max(micro_batch, 1))
     return {"fixed_gib": (fixed - saving) / GIB, "per_sample_mib": per_sample / 2 ** 20, "accumulating": fit.accumulate,
             "measured": [[b, (parts["total"] - saving) / GIB] for b, parts in fit.points]}
+
+
+def _first_moment_saving(config: TrainConfig, gpus: int) -> float:
+    """Bytes per device that a bf16 first moment saves before anything is measured: 2 a parameter
+    (sharded over the GPUs under FSDP); _adam_saving is the same from the tracked optimizer state."""
+    params = count_flops(model_config(config)).total_params
+    return 2 * params / (gpus if resolve_parallel(config.parallel.strategy, gpus) == "fsdp" else 1)
 
 
 def _adam_saving(choice: Choice, enabled: bool) -> float:
