@@ -251,10 +251,8 @@ def test_a_chosen_micro_batch_that_interpolation_overpromised_is_measured_and_st
 def test_the_release_first_moment_saving_known_before_measuring_is_the_tracked_one(parallel, gpus):
     """--release-settings searches the capacity plus what Adam's bf16 first moment saves (2 bytes a
     parameter on the device), known before any fake step; it is a quarter of the tracked AdamW state."""
-    from openvision2.plan.memory import Choice
-    from openvision2.plan.stage import _adam_saving, _first_moment_saving
+    from openvision2.plan.stage import _first_moment_saving
 
     config = tiny(parallel=parallel)
-    fit = measure(config, gpus, at=(8,))
-    tracked = _adam_saving(Choice(8, 1, fit.peak(8), fit), True)
+    tracked = measure(config, gpus, at=(8,)).parts(8)["optimizer"] / 4
     assert _first_moment_saving(config, gpus) == pytest.approx(tracked, rel=0.02)

@@ -95,10 +95,6 @@ class MemoryFit:
     def fixed(self) -> float:
         return self.line(self.points[-1][0])[0]
 
-    @property
-    def per_sample(self) -> float:
-        return self.line(self.points[-1][0])[1]
-
     def to_dict(self) -> dict:
         return asdict(self)
 

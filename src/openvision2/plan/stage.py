@@ -62,9 +62,9 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
     capacity = USABLE * device.memory_gib * GIB
     own_mode = checkpointing or config.parallel.activation_checkpointing
     # the tracked run holds both AdamW moments in fp32: with the release's bf16 first moment, the
-    # tracked peak may exceed the capacity by what that saves
-    searched = capacity + (_first_moment_saving(config, gpus) if adam_first_moment_bf16 else 0)
-    choices = choose_per_mode(config, gpus, searched, list(dict.fromkeys([own_mode, *modes])))
+    # tracked peak may exceed the capacity by what that saves (the same in every mode and micro-batch)
+    saving = _first_moment_saving(config, gpus) if adam_first_moment_bf16 else 0.0
+    choices = choose_per_mode(config, gpus, capacity + saving, list(dict.fromkeys([own_mode, *modes])))
     own = choices[own_mode]
     if not any(c.micro_batch for c in choices.values()):
         raise UserError(no_fit_message(config, device.memory_gib, own, every_mode=True))
@@ -75,7 +75,6 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
             fit = measure(config, gpus, own_mode, given < per_device, at=(given,))
         own = Choice(given, per_device // given, fit.peak(given), fit)
     shown = own if own.micro_batch else Choice(1, per_device, own.peak_bytes, own.fit)
-    saving = _adam_saving(shown, adam_first_moment_bf16)
     out = {
         "method": config.model.method, "encoder": config.model.encoder, "decoder": config.model.decoder,
         "image_size": config.model.image_size, "batch_size": config.optim.batch_size, "steps": config.optim.steps,
@@ -88,8 +87,7 @@ def plan_stage(config: TrainConfig, gpus: int, device: Device, mfu: float = DEFA
         "fits": bool(own.micro_batch) and shown.peak_bytes - saving <= capacity,
         "breakdown_gib": breakdown(config, shown, device, saving),
         "fit": _fit_json(shown.fit, shown.micro_batch, saving),
-        "largest_micro_batch": {mode: _mode_plan(c, capacity, _adam_saving(c, adam_first_moment_bf16))
-                                for mode, c in choices.items() if mode in modes},
+        "largest_micro_batch": {mode: _mode_plan(c, capacity, saving) for mode, c in choices.items() if mode in modes},
     }
     out["time"] = timing(config, per_device, own_mode, device, mfu, gpus, price_per_gpu_hour)
     if explain:
@@ -114,15 +112,10 @@ def _fit_json(fit, micro_batch: int, saving: float) -> dict:
 
 
 def _first_moment_saving(config: TrainConfig, gpus: int) -> float:
-    """Bytes per device that a bf16 first moment saves before anything is measured: 2 a parameter
-    (sharded over the GPUs under FSDP); _adam_saving is the same from the tracked optimizer state."""
+    """Bytes per device that Adam's first moment in bf16 instead of fp32 saves (the release's mu_dtype):
+    2 a parameter (sharded over the GPUs under FSDP), a quarter of the tracked AdamW state."""
     params = count_flops(model_config(config)).total_params
     return 2 * params / (gpus if resolve_parallel(config.parallel.strategy, gpus) == "fsdp" else 1)
-
-
-def _adam_saving(choice: Choice, enabled: bool) -> float:
-    """Adam's first moment in bf16 instead of fp32 (the release's mu_dtype): a quarter of the state less."""
-    return choice.fit.parts(choice.micro_batch).get("optimizer", 0) / 4 if enabled else 0.0
 
 
 def breakdown(config: TrainConfig, choice: Choice, device: Device, saving: float) -> dict:
