@@ -51,6 +51,10 @@ def test_bench_max_batch_and_table(capsys):
                  "--max-batch-limit", "1"]) == 0
     text = capsys.readouterr().out
     assert "cappa" in text and "largest batch under 1.00 GiB: cappa 1+" in text
+    # --rounds 0: the largest batch alone, as a table too (no timing figures to print)
+    assert main(["bench", *TINY, "--methods", "cappa", "--rounds", "0", "--max-batch", "--mem-budget", "1",
+                 "--max-batch-limit", "1"]) == 0
+    assert "largest batch under 1.00 GiB: cappa 1+" in capsys.readouterr().out
 
 
 def test_max_batch_trials_reuse_one_worker_and_an_allocation_failure_is_a_miss():

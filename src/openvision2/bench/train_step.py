@@ -236,7 +236,8 @@ def print_table(out: dict) -> None:
     if "methods" not in out:  # --rounds 0: the largest batch only
         print(f"{s['encoder']} @ {s['image_size']}px, decoder {s['decoder']}; {out['precision']} on "
               f"{out['device_name']}; logits chunk {s['logits_chunk'] or 'off'}")
-        out = {**out, "methods": {}}
+        print_max_batch(out)
+        return
     print(f"{s['encoder']} @ {s['image_size']}px, decoder {s['decoder']}, text tower {s['text_encoder'] or s['decoder']}, "
           f"batch {s['batch_size']}, {s['text_len'] - 1} caption positions, vocab {s['vocab_size']}, "
           f"keep {s['keep_ratio']:g}; {out['precision']} (asked {out.get('precision_asked', out['precision'])}) "
@@ -246,9 +247,6 @@ def print_table(out: dict) -> None:
           f"rounds x {out['steps_per_round']} step(s) after {out['warmup']} warm-up step(s); logits chunk "
           f"{s['logits_chunk'] or 'off'}, activation checkpointing {out['activation_checkpointing']}"
           + (", compiled" if out["compile"] else ""))
-    if not out["methods"]:
-        print_max_batch(out)
-        return
     head = f"{'method':12s} {'step s':>8s} {'img/s':>8s} {'peak mem':>9s} {'GFLOPs/img':>10s} {'MFU':>6s}"
     if out["ratios_vs_openvision2"]:
         head += f" | {'time/OV2':>8s} {'mem/OV2':>8s} {'FLOPs/OV2':>9s}"
