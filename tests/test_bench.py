@@ -269,3 +269,19 @@ def test_gpu_suite_refuses_a_bad_oom_test_hook(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv(INJECT_OOM, "nowhere")
     assert main(["bench", "--suite", "gpu", "--dry-run", "--out", str(tmp_path)]) == 2
     assert INJECT_OOM in capsys.readouterr().err and not (tmp_path / "gpu_check.json").exists()
+
+
+def test_a_worker_interrupted_by_ctrl_c_leaves_no_traceback():
+    """Ctrl-C reaches every process of the group: a worker ends quietly (exit 130) and the parent's
+    one line ("ov2 bench: interrupted") is all the user sees."""
+    import signal
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen([sys.executable, "-m", "openvision2.bench.worker", json.dumps(TINY_SPEC)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert json.loads(worker.stdout.readline()) == {"ready": True}
+    worker.send_signal(signal.SIGINT)
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 130 and "Traceback" not in err

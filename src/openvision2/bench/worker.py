@@ -272,14 +272,16 @@ class Worker:
 def main() -> None:
     spec = json.loads(sys.argv[1])
     ranks = spec.get("ranks", 1)
-    if ranks > 1:  # one of the gloo ranks runner.WorkerProcess started (RANK, WORLD_SIZE, MASTER_* set)
-        import datetime
-
-        import torch.distributed as dist
-
-        dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
     try:
+        if ranks > 1:  # one of the gloo ranks runner.WorkerProcess started (RANK, WORLD_SIZE, MASTER_* set)
+            import datetime
+
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", timeout=datetime.timedelta(minutes=10))
         Worker(spec).serve()
+    except KeyboardInterrupt:  # Ctrl-C to the whole process group: the parent says it in one line
+        os._exit(130)
     except Exception as err:  # reported to the parent as data: an OOM is a result for --max-batch
         capped = bool(spec.get("mem_limit_bytes")) and spec.get("device") == "cpu"
         reply({"error": f"{type(err).__name__}: {err}".splitlines()[0][:500], "oom": is_oom(err, capped)})
